@@ -1,0 +1,70 @@
+# lungscreen: `make demo` and `make test` set up everything they need, idempotently.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+TRITON_VENV := .venv-triton
+TRITON_HOME := .tools/tritonserver
+PY := $(VENV)/bin/python
+# The Python-backend stub of the tritonserver wheel is built per Python minor version and links
+# the system libpython of that version.
+STUB_PYVER := 3.11
+
+.PHONY: help setup demo test test-fast serve lint format clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed $(TRITON_HOME)/.installed  ## Create both environments and the local Triton install
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "lungscreen needs Python 3.11"' \
+		|| { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(TRITON_VENV)/.installed: requirements/triton-server.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r requirements/triton-server.txt
+	touch $@
+
+$(TRITON_HOME)/.installed: $(TRITON_VENV)/.installed
+	@ldconfig -p | grep -q 'libpython$(STUB_PYVER).so.1.0' || { \
+		echo "Triton's Python backend needs the system library libpython$(STUB_PYVER)"; \
+		echo "(Debian/Ubuntu: sudo apt-get install libpython$(STUB_PYVER))"; exit 1; }
+	rm -rf $(TRITON_HOME)
+	mkdir -p $(TRITON_HOME)
+	site=$$($(TRITON_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	dist=$$site/pytriton/tritonserver && \
+	cp -r $$dist/bin $$dist/backends $$dist/caches $(TRITON_HOME)/ && \
+	cp $$dist/python_backend_stubs/$(STUB_PYVER)/triton_python_backend_stub $(TRITON_HOME)/backends/python/ && \
+	ln -sfn $$site/nvidia_pytriton.libs $(TRITON_HOME)/libs
+	touch $@
+
+demo: setup  ## Run the main job end to end on a generated cohort (local Triton + Dask)
+	$(VENV)/bin/lungscreen demo
+
+# pytest exits 5 when it collected nothing: a run that tests nothing must fail.
+test: setup  ## Run the whole test suite against the real local Triton server
+	@$(VENV)/bin/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest ran no test" >&2; exit 1; fi; exit $$rc
+
+test-fast: setup  ## Unit tests only (no server, nothing slow)
+	$(VENV)/bin/pytest -m 'not slow and not triton'
+
+serve: setup  ## Run the local Triton server in the foreground (CPU profile)
+	$(VENV)/bin/lungscreen serve
+
+lint: setup  ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup  ## ruff fix and format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:  ## Remove both environments and the local Triton install
+	rm -rf $(VENV) $(TRITON_VENV) .tools
