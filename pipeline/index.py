@@ -1,0 +1,308 @@
+"""The cohort index: one row per file, from a header-only scan, parallel on Dask.
+
+:func:`build_index` reads every file of a :class:`~pipeline.sources.CohortSource` with pydicom's
+``stop_before_pixels`` and only the tags that selection and assembly need, and returns a pyarrow
+table with the schema :data:`INDEX_SCHEMA`. A file that is not DICOM, cannot be read, or is cut
+short becomes a row whose ``status`` is a reason code, never an exception. Patient names, IDs and
+birth dates are never read into the index.
+
+:func:`iter_studies` then streams the index one study at a time for the screening job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from pipeline.errors import ReasonCode
+from pipeline.geometry import frame_planes, normal_positions, number_of_frames
+from pipeline.sources import CohortSource, FileEntry
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+OK = "ok"
+#: Prefix of the study key of files without a StudyInstanceUID (a hash of their folder).
+SURROGATE_PREFIX = "nouid-"
+#: Bytes fetched per read from object stores while scanning headers.
+HEADER_BLOCK_SIZE = 64 * 1024
+
+_STR, _INT, _FLOAT, _STRS, _FLOATS = (
+    pa.string(),
+    pa.int32(),
+    pa.float64(),
+    pa.list_(pa.string()),
+    pa.list_(pa.float64()),
+)
+#: DICOM keyword -> arrow type of the header columns (column name = keyword).
+HEADER_COLUMNS: dict[str, pa.DataType] = {
+    "StudyInstanceUID": _STR,
+    "SeriesInstanceUID": _STR,
+    "SOPInstanceUID": _STR,
+    "SOPClassUID": _STR,
+    "FrameOfReferenceUID": _STR,
+    "Modality": _STR,
+    "AccessionNumber": _STR,
+    "SeriesNumber": _INT,
+    "InstanceNumber": _INT,
+    "SeriesDescription": _STR,
+    "BodyPartExamined": _STR,
+    "Manufacturer": _STR,
+    "ImageType": _STRS,
+    "ImageOrientationPatient": _FLOATS,
+    "ImagePositionPatient": _FLOATS,
+    "PixelSpacing": _FLOATS,
+    "SliceThickness": _FLOAT,
+    "Rows": _INT,
+    "Columns": _INT,
+    "NumberOfFrames": _INT,
+    "GantryDetectorTilt": _FLOAT,
+    "ConvolutionKernel": _STR,
+    "TransferSyntaxUID": _STR,
+}
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("url", _STR, nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("version", _STR, nullable=False),
+        pa.field("status", _STR, nullable=False),
+        pa.field("message", _STR),
+        pa.field("study_key", _STR),
+        *(pa.field(name, kind) for name, kind in HEADER_COLUMNS.items()),
+        # Position of every frame along the slice normal (mm): coverage without reading pixels.
+        pa.field("slice_positions", _FLOATS),
+    ],
+    metadata={"lungscreen.index.schema_version": SCHEMA_VERSION},
+)
+_EXTRA_TAGS = (
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+    "BitsAllocated",
+    "SamplesPerPixel",
+)
+_READ_TAGS = [k for k in HEADER_COLUMNS if k != "TransferSyntaxUID"] + list(_EXTRA_TAGS)
+_IMPLICIT_VR = "1.2.840.10008.1.2"
+_NATIVE_SYNTAXES = frozenset(
+    {_IMPLICIT_VR, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+)
+
+
+def surrogate_study_key(url: str) -> str:
+    """A study key for files without StudyInstanceUID: a hash of their folder (no names leak)."""
+    folder = posixpath.dirname(url.replace("\\", "/"))
+    return SURROGATE_PREFIX + hashlib.sha1(folder.encode()).hexdigest()[:16]
+
+
+def _convert(value: Any, kind: pa.DataType) -> Any:
+    if value is None or value == "":
+        return None
+    if kind in (_STRS, _FLOATS):
+        items = list(value) if isinstance(value, pydicom.multival.MultiValue | list | tuple) else [value]
+        cast = str if kind == _STRS else float
+        return [cast(v).strip() if cast is str else cast(v) for v in items]
+    if kind == _STR:
+        if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+            return "\\".join(str(v) for v in value)
+        return str(value).strip() or None
+    return int(value) if kind == _INT else float(value)
+
+
+def _expected_native_bytes(ds: pydicom.Dataset) -> int:
+    bits = int(ds.get("BitsAllocated") or 16)
+    pixels = int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * int(ds.get("SamplesPerPixel") or 1)
+    return (pixels * number_of_frames(ds) * bits + 7) // 8
+
+
+def _header_status(ds: pydicom.Dataset, remaining: int) -> tuple[str, str]:
+    """(status, message) of a parsed header; ``remaining`` is the byte count from Pixel Data on."""
+    if not ds.get("SOPClassUID") and not ds.get("SOPInstanceUID"):
+        return ReasonCode.UNREADABLE, "DICOM prefix present but no SOP Class or Instance UID could be read."
+    if "Rows" in ds and remaining <= 0:
+        return (
+            ReasonCode.TRUNCATED_FILE,
+            "The file ends before its pixel data: it was cut short; copy it again.",
+        )
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    element_header = 8 if syntax == _IMPLICIT_VR else 12
+    if (
+        "Rows" in ds
+        and syntax in _NATIVE_SYNTAXES
+        and remaining < _expected_native_bytes(ds) + element_header
+    ):
+        return (
+            ReasonCode.TRUNCATED_FILE,
+            f"The pixel data is cut short ({remaining} of {_expected_native_bytes(ds)} bytes present): "
+            "the file was truncated; copy it again.",
+        )
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if not ds.get(k)]
+    if missing:
+        return (
+            ReasonCode.MISSING_UID,
+            f"{' and '.join(missing)} empty or absent; the study cannot be grouped.",
+        )
+    return OK, ""
+
+
+def scan_file(fh: Any, entry: FileEntry) -> dict[str, Any]:
+    """One index row from an open file: header attributes, or a failure status with its message."""
+    row: dict[str, Any] = {"url": entry.url, "size": entry.size, "version": entry.version}
+    try:
+        with warnings.catch_warnings():  # junk makes pydicom warn; the row records the outcome
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_READ_TAGS)
+        # Bytes from the Pixel Data element on; ``fh.seek(0, 2)`` would fetch nothing on object stores.
+        remaining = entry.size - fh.tell()
+    except InvalidDicomError:
+        return row | {"status": ReasonCode.NOT_DICOM, "message": "Not a DICOM file (no DICM prefix)."}
+    except EOFError:
+        return row | {"status": ReasonCode.TRUNCATED_FILE, "message": "The header is cut short."}
+    except Exception as exc:  # pydicom raises many kinds on garbage; a row must record, never raise
+        return row | {"status": ReasonCode.UNREADABLE, "message": f"Header unreadable: {type(exc).__name__}."}
+    status, message = _header_status(ds, remaining)
+    if status == ReasonCode.UNREADABLE:
+        return row | {"status": status, "message": message}
+    values = {k: _convert(ds.get(k), kind) for k, kind in HEADER_COLUMNS.items() if k != "TransferSyntaxUID"}
+    values["TransferSyntaxUID"] = _convert(ds.file_meta.get("TransferSyntaxUID"), _STR)
+    planes = frame_planes(ds)
+    if planes and planes[0].position is not None:  # multi-frame: the first frame's plane
+        values["ImagePositionPatient"] = list(planes[0].position)
+        values["ImageOrientationPatient"] = list(planes[0].orientation or ()) or None
+        values["PixelSpacing"] = list(planes[0].pixel_spacing or ()) or None
+        values["SliceThickness"] = values["SliceThickness"] or planes[0].thickness
+    study = values["StudyInstanceUID"] or surrogate_study_key(entry.url)
+    return (
+        row
+        | values
+        | {
+            "status": str(status),
+            "message": message,
+            "study_key": study,
+            "slice_positions": normal_positions(planes),
+        }
+    )
+
+
+def scan_batch(source: CohortSource, entries: Sequence[FileEntry]) -> list[dict[str, Any]]:
+    """Index rows of a batch of files (the unit of work sent to a Dask worker)."""
+    rows = []
+    for entry in entries:
+        try:
+            with source.fs.open(entry.url, "rb", block_size=HEADER_BLOCK_SIZE) as fh:
+                rows.append(scan_file(fh, entry))
+        except OSError as exc:
+            rows.append(
+                {"url": entry.url, "size": entry.size, "version": entry.version}
+                | {"status": ReasonCode.UNREADABLE, "message": f"Cannot open the file: {type(exc).__name__}."}
+            )
+    return rows
+
+
+def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """A table with :data:`INDEX_SCHEMA` from row dicts (missing keys become nulls)."""
+    return pa.Table.from_pylist([dict(r) for r in rows], schema=INDEX_SCHEMA)
+
+
+def _reusable(previous: pa.Table | None) -> pa.Table | None:
+    if previous is None:
+        return None
+    version = (previous.schema.metadata or {}).get(b"lungscreen.index.schema_version", b"").decode()
+    if version != SCHEMA_VERSION:
+        log.info("previous index has schema version %r, not %r: scanning every file", version, SCHEMA_VERSION)
+        return None
+    return previous
+
+
+def _batches(entries: Sequence[FileEntry], size: int) -> list[Sequence[FileEntry]]:
+    return [entries[i : i + size] for i in range(0, len(entries), size)]
+
+
+def build_index(
+    source: CohortSource,
+    *,
+    client: Any | None = None,
+    previous: pa.Table | None = None,
+    batch_size: int = 256,
+) -> pa.Table:
+    """Index every file of ``source``: one row per file, sorted by URL.
+
+    ``client`` (a ``dask.distributed.Client``) spreads batches of ``batch_size`` files over its
+    workers; without one the scan runs in this process. Rows of ``previous`` (an earlier index of
+    the same schema version) are reused for files whose size and version (mtime or ETag) are
+    unchanged; files gone from the source are dropped.
+    """
+    entries = list(source.list_files())
+    previous = _reusable(previous)
+    reused = None
+    if previous is not None and previous.num_rows:
+        keys = pa.array([f"{e.url}\0{e.size}\0{e.version}" for e in entries], pa.string())
+        prev_keys = pc.binary_join_element_wise(
+            previous["url"], pc.cast(previous["size"], pa.string()), previous["version"], "\0"
+        )
+        reused = previous.filter(pc.is_in(prev_keys, value_set=keys)).cast(INDEX_SCHEMA)
+        done = set(reused["url"].to_pylist())
+        entries = [e for e in entries if e.url not in done]
+    batches = _batches(entries, batch_size)
+    if client is not None and batches:
+        futures = client.map(scan_batch, [source] * len(batches), batches, pure=False)
+        results = client.gather(futures)
+    else:
+        results = [scan_batch(source, batch) for batch in batches]
+    scanned = rows_to_table(row for batch in results for row in batch)
+    table = pa.concat_tables([reused, scanned]) if reused is not None else scanned
+    return table.sort_by("url").replace_schema_metadata(INDEX_SCHEMA.metadata)
+
+
+def write_index(table: pa.Table, path: str | Path) -> None:
+    """Write an index as Parquet (schema version kept in the file metadata)."""
+    pq.write_table(table, str(path))
+
+
+def read_index(path: str | Path) -> pa.Table:
+    """Read an index written by :func:`write_index`."""
+    return pq.read_table(str(path))
+
+
+@dataclass(frozen=True)
+class StudyGroup:
+    """The index rows of one study: ``key`` is the StudyInstanceUID or a ``nouid-`` surrogate."""
+
+    key: str
+    rows: pa.Table
+
+    @property
+    def has_uid(self) -> bool:
+        """Whether the study is keyed by a real StudyInstanceUID."""
+        return not self.key.startswith(SURROGATE_PREFIX)
+
+
+def iter_studies(index: pa.Table) -> Iterator[StudyGroup]:
+    """Stream an index one study at a time (header rows only; no pixel data is touched).
+
+    Rows without a study key (non-DICOM or unreadable files) belong to no study: they stay in the
+    index as file-level failures and are not yielded.
+    """
+    keyed = index.filter(pc.is_valid(index["study_key"])).sort_by("study_key")
+    keys = keyed["study_key"].to_numpy(zero_copy_only=False)
+    start = 0
+    for stop in range(1, len(keys) + 1):
+        if stop == len(keys) or keys[stop] != keys[start]:
+            yield StudyGroup(str(keys[start]), keyed.slice(start, stop - start))
+            start = stop
+
+
+def status_counts(index: pa.Table) -> dict[str, int]:
+    """Number of files per status (``ok`` or a reason code)."""
+    counts = index["status"].value_counts().to_pylist()
+    return {c["values"]: c["counts"] for c in counts}
