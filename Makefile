@@ -11,7 +11,8 @@ PY := $(VENV)/bin/python
 # the system libpython of that version.
 STUB_PYVER := 3.11
 
-.PHONY: help setup demo test test-fast serve lint format clean
+.PHONY: help setup demo test test-fast serve lint format clean models
+MODELS_WORKDIR := .cache/models
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +70,15 @@ test-fast: setup  ## Unit tests only (no server, nothing slow)
 
 serve: setup  ## Run the local Triton server in the foreground (CPU profile)
 	$(VENV)/bin/lungscreen serve
+
+# Reproduces the committed reference models (about an hour on 2 cores): synthetic cohorts,
+# training, held-out evaluation into the model cards, export as new Triton versions.
+models: setup  ## Train, evaluate and export the reference models
+	$(VENV)/bin/lungscreen train --workdir $(MODELS_WORKDIR)
+	$(VENV)/bin/lungscreen evaluate --workdir $(MODELS_WORKDIR)
+	$(VENV)/bin/lungscreen export $(MODELS_WORKDIR)/lung_nodule_detector.pt --parity-data $(MODELS_WORKDIR)/eval-cache
+	$(VENV)/bin/lungscreen export $(MODELS_WORKDIR)/lung_nodule_classifier.pt --parity-data $(MODELS_WORKDIR)/eval-cache
+	cp $(MODELS_WORKDIR)/lung_nodule_detector.pt $(MODELS_WORKDIR)/lung_nodule_classifier.pt export/checkpoints/
 
 lint: setup  ## ruff check and format check
 	$(VENV)/bin/ruff check .

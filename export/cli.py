@@ -24,14 +24,27 @@ def export_command(
     plan: bool = typer.Option(False, help="Also build a TensorRT plan for this machine's GPU."),
     precision: Precision = typer.Option(Precision.FP16, help="TensorRT precision."),
     max_batch_size: int = typer.Option(8, min=1, help="Triton max_batch_size and the plan's max batch."),
+    parity_data: Path = typer.Option(
+        None,
+        exists=True,
+        file_okay=False,
+        help="Cached studies (lungscreen train's *-cache): realistic parity inputs, INT8 calibration.",
+    ),
 ) -> None:
     """Export a checkpoint to ONNX (checked against PyTorch) as a new Triton version."""
     ckpt = Checkpoint.load(checkpoint)
     if model and model != ckpt.spec.name:
         ckpt.spec = ckpt.spec.model_copy(update={"name": model})
+    realistic = realistic_inputs(parity_data, ckpt.spec.patch_size) if parity_data else []
     try:
         result = export_checkpoint(
-            ckpt, repository, plan=plan, precision=precision, max_batch_size=max_batch_size
+            ckpt,
+            repository,
+            realistic_inputs=realistic,
+            plan=plan,
+            precision=precision,
+            max_batch_size=max_batch_size,
+            calibration=realistic,
         )
     except (ParityError, TensorRTUnavailable) as e:
         console.print(f"[red]Export failed:[/red] {e}")
@@ -42,6 +55,21 @@ def export_command(
             f"TensorRT plan for {result.plan.gpu.gpu_name} ({result.plan.precision}), "
             f"max abs error vs ONNX Runtime {result.plan_max_abs_error:.3g}"
         )
+
+
+def realistic_inputs(cache_dir: Path, patch: tuple[int, int, int], studies: int = 2) -> list:
+    """Patches of real-looking preprocessed CT: around a nodule when there is one, else the lungs."""
+    import numpy as np
+
+    from export.dataset import load_cached
+    from pipeline.postprocess import crop_around
+
+    out = []
+    for path in sorted(cache_dir.glob("*.npz"))[:studies]:
+        study = load_cached(path)
+        centre = study.nodules[0].center_ijk if study.nodules else [(s.start + s.stop) / 2 for s in study.box]
+        out.append(crop_around(study.image, centre, patch)[None, None].astype(np.float32))
+    return out
 
 
 def build_plans_command(
@@ -57,3 +85,58 @@ def build_plans_command(
         raise typer.Exit(1) from None
     for version_dir, what in done.items():
         console.print(f"{what:>5}  {version_dir}")
+
+
+DEFAULT_WORKDIR = PROJECT_ROOT / ".cache" / "models"
+
+
+def train_command(
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where cohorts, caches and checkpoints go."),
+    train_studies: int = typer.Option(48, min=1, help="Synthetic training studies."),
+    detector_steps: int = typer.Option(1200, min=1, help="Detector optimisation steps."),
+    classifier_steps: int = typer.Option(1500, min=1, help="Classifier optimisation steps."),
+    profile: str = typer.Option("screening", help="Synthetic cohort profile."),
+) -> None:
+    """Train both reference models on a synthetic cohort (seeded; CPU-feasible)."""
+    from export.reference import ReferenceRecipe, TrainConfig, train_reference
+
+    recipe = ReferenceRecipe(
+        train_studies=train_studies,
+        profile=profile,
+        detector=TrainConfig(steps=detector_steps),
+        classifier=TrainConfig(steps=classifier_steps, learning_rate=1e-3),
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    det, cls = train_reference(workdir, recipe, console.print)
+    console.print(f"checkpoints: {det} {cls}")
+
+
+def evaluate_command(
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where `lungscreen train` left its checkpoints."),
+    eval_studies: int = typer.Option(24, min=1, help="Held-out synthetic studies (a seed never trained on)."),
+    profile: str = typer.Option("screening", help="Synthetic cohort profile."),
+    threshold: float = typer.Option(0.2, min=0.0, max=1.0, help="Detector threshold for candidates."),
+    repository: Path = typer.Option(DEFAULT_REPOSITORY, help="Where the model cards are written."),
+    cards: bool = typer.Option(True, help="Write the model cards and FROC curve into the repository."),
+) -> None:
+    """Evaluate the trained models on a held-out synthetic cohort (FROC, CPM, AUC, type accuracy)."""
+    from export.networks import CLASSIFIER_SPEC, DETECTOR_SPEC
+    from export.reference import ReferenceRecipe, evaluate_reference, write_model_cards
+    from pipeline.analysis import AnalysisConfig
+
+    recipe = ReferenceRecipe(eval_studies=eval_studies, profile=profile)
+    result = evaluate_reference(
+        workdir / f"{DETECTOR_SPEC.name}.pt",
+        workdir / f"{CLASSIFIER_SPEC.name}.pt",
+        workdir,
+        recipe,
+        AnalysisConfig(candidate_threshold=threshold),
+        console.print,
+    )
+    console.print(result.to_json())
+    if cards:
+        command = (
+            f"lungscreen evaluate --eval-studies {eval_studies} --profile {profile} --threshold {threshold}"
+        )
+        for path in write_model_cards(repository, result, workdir, command):
+            console.print(f"wrote {path}")

@@ -70,13 +70,15 @@ def export_checkpoint(
     plan: bool = False,
     precision: Precision | str = Precision.FP16,
     max_batch_size: int = 8,
+    calibration: Sequence[np.ndarray] = (),
     rtol: float = 1e-3,
     atol: float = 1e-4,
 ) -> ExportResult:
     """Export ``checkpoint`` as a new version of its model in ``repository``.
 
     ONNX Runtime must match PyTorch within tolerance, or nothing is written. With ``plan``,
-    a TensorRT engine is built for this GPU and checked against ONNX Runtime too.
+    a TensorRT engine is built for this GPU and checked against ONNX Runtime too; INT8 plans
+    are calibrated on ``calibration`` batches (preprocessed inputs from a cohort sample).
     """
     module = checkpoint.build()
     spec = checkpoint.spec
@@ -93,7 +95,9 @@ def export_checkpoint(
         if plan:
             plan_path = Path(tmp) / PLAN_FILENAME
             batch = BatchProfile(1, min(4, max_batch_size), max_batch_size)
-            plan_info = build_plan(onnx_path, plan_path, precision=precision, batch=batch)
+            plan_info = build_plan(
+                onnx_path, plan_path, precision=precision, batch=batch, calibration=calibration or None
+            )
             plan_error = plan_parity(plan_path, onnx_path, cases)
         write_configs(definition_from_spec(spec, max_batch_size=max_batch_size), model_dir)
         extra = {PLAN_FILENAME + ".json": plan_path.with_name(PLAN_FILENAME + ".json")} if plan_path else None

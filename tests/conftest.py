@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.job import DEFAULT_REPOSITORY
 from pipeline.serving import LocalTriton, Profile
 from tests.support.affine_model import add_affine_model
 
@@ -21,6 +22,15 @@ def test_model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repository.mkdir()
     add_affine_model(repository)
     return repository
+
+
+@pytest.fixture(scope="session")
+def reference_server() -> Iterator[LocalTriton]:
+    """tritonserver (CPU profile) on ``model_repository/``: the reference models, for every test."""
+    if not any(DEFAULT_REPOSITORY.glob("*/[0-9]*/model.onnx")):
+        pytest.fail("model_repository/ has no exported models: run `make models` or restore them from git")
+    with LocalTriton(DEFAULT_REPOSITORY) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,123 @@
+"""Model cards (``model_repository/<model>/README.md``) written from measured figures only."""
+
+from __future__ import annotations
+
+import math
+
+from export.checkpoint import Checkpoint
+from export.evaluate import Evaluation
+from export.spec import SYNTHETIC_DATA_NOTICE
+
+GOALS = {"cpm": 0.90, "sens_1fp_6mm": 0.95, "malignancy_auc": 0.90}
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _verdict(value: float, goal: float) -> str:
+    if value is None or math.isnan(value):
+        return "not measurable"
+    return "met" if value >= goal else "**not met**"
+
+
+def _training(ckpt: Checkpoint) -> str:
+    t = ckpt.training
+    data = t.get("data", {})
+    cfg = t.get("config", {})
+    return (
+        f"- Data: {data.get('studies', '?')} synthetic studies from `synth` (profile "
+        f"`{data.get('profile', '?')}`, seed {data.get('seed', '?')}).\n"
+        f"- Steps: {cfg.get('steps', '?')}, learning rate {cfg.get('learning_rate', '?')}, "
+        f"seed {cfg.get('seed', '?')}, {t.get('train_seconds', 0):.0f} s on CPU.\n"
+        f"- Code version: `{t.get('code_version', 'unknown')}`.\n"
+        f"- Network: `{ckpt.factory}` with `{ckpt.kwargs}`."
+    )
+
+
+def _header(ckpt: Checkpoint, what: str) -> str:
+    spec = ckpt.spec
+    return f"""# {spec.name}
+
+> **{SYNTHETIC_DATA_NOTICE}**
+
+{what}
+
+## Intended use
+Research and engineering: exercising the lungscreen platform end to end (export, Triton serving,
+the screening job, triage) on synthetic chest CT. Not validated on patient data; it must not
+inform any clinical decision.
+
+## Input contract (travels in the Triton config as `lungscreen_spec`)
+- spacing {spec.target_spacing_mm} mm, orientation {spec.orientation}, HU window {spec.hu_window}
+  scaled to 0..1, patch {spec.patch_size}, overlap {spec.overlap}
+- inputs: {", ".join(f"`{t.name}` {t.shape} ({t.meaning})" for t in spec.inputs)}
+- outputs: {", ".join(f"`{t.name}` {t.shape} ({t.meaning})" for t in spec.outputs)}
+"""
+
+
+def detector_card(ev: Evaluation, ckpt: Checkpoint, command: str) -> str:
+    """The detector's card: FROC, CPM and size bands on the held-out cohort."""
+    rows = "\n".join(f"| {r:g} | {_fmt(s)} |" for r, s in zip(ev.fp_rates, ev.sensitivity, strict=True))
+    bands = "\n".join(
+        f"| {band} | {v['nodules']:.0f} | {_fmt(v['sensitivity_1fp'])} |"
+        for band, v in ev.by_size_band.items()
+    )
+    return (
+        _header(
+            ckpt,
+            "3D nodule segmentation network; candidates are connected components of its "
+            "stitched probability map, confirmed by `lung_nodule_classifier`.",
+        )
+        + f"""
+## Evaluation (held-out synthetic cohort, measured by `lungscreen evaluate`)
+{ev.studies} studies, {ev.nodules} nodules, generated with a seed never used in training.
+Detection scored the LUNA16 way: a candidate is a hit when its centre lies within the
+nodule's radius; score = sqrt(detector peak probability x classifier nodule probability).
+
+| false positives per scan | sensitivity |
+| --- | --- |
+{rows}
+
+- CPM (mean of the seven): **{_fmt(ev.cpm)}** (goal >= {GOALS["cpm"]}: {_verdict(ev.cpm, GOALS["cpm"])})
+- Sensitivity at 1 FP/scan for nodules >= 6 mm: **{_fmt(ev.sensitivity_1fp_6mm_plus)}**
+  (goal >= {GOALS["sens_1fp_6mm"]}: {_verdict(ev.sensitivity_1fp_6mm_plus, GOALS["sens_1fp_6mm"])})
+
+| size band | nodules | sensitivity at 1 FP/scan |
+| --- | --- | --- |
+{bands}
+
+![FROC](froc.png)
+
+Reproduce: `make models` (training), then `{command}`.
+
+## Training
+{_training(ckpt)}
+"""
+    )
+
+
+def classifier_card(ev: Evaluation, ckpt: Checkpoint, command: str) -> str:
+    """The classifier's card: malignancy AUC and type accuracy on detected nodules."""
+    return (
+        _header(
+            ckpt,
+            "3D CNN on a crop around each candidate: nodule vs not, malignancy probability "
+            "(the synthetic rule's score as target) and nodule type.",
+        )
+        + f"""
+## Evaluation (held-out synthetic cohort, measured by `lungscreen evaluate`)
+On the {ev.malignancy_pairs} truth nodules the detector found (best-scoring hit each):
+
+- Malignancy ROC AUC: **{_fmt(ev.malignancy_auc)}** (goal >= {GOALS["malignancy_auc"]}:
+  {_verdict(ev.malignancy_auc, GOALS["malignancy_auc"])}). The label is the documented synthetic
+  rule of `synth/README.md`, not pathology.
+- Nodule-type accuracy (solid, part-solid, ground-glass, calcified): **{_fmt(ev.type_accuracy)}**
+  on {ev.type_n} nodules.
+
+Reproduce: `make models` (training), then `{command}`.
+
+## Training
+{_training(ckpt)}
+"""
+    )

@@ -1,0 +1,129 @@
+"""Training and evaluation data: synthetic DICOM studies, preprocessed exactly as the job does.
+
+Each study of a synthetic cohort is loaded through :func:`pipeline.volume.load_volume` and
+:func:`pipeline.preprocess.preprocess` (the screening job's own code), and cached as one
+``.npz`` (float16 image, lung box, nodules in voxel coordinates), so a model is trained and
+measured on what it will see in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from export.networks import NODULE_TYPES
+from export.spec import ModelSpec
+from pipeline.postprocess import ras_to_lps
+from pipeline.preprocess import Preprocessed, lung_box, preprocess
+from pipeline.volume import load_volume
+
+
+@dataclass(frozen=True)
+class TruthNodule:
+    """A ground-truth nodule in the preprocessed grid."""
+
+    center_ijk: tuple[float, float, float]
+    center_lps_mm: tuple[float, float, float]
+    diameter_mm: float
+    type_index: int
+    malignant: bool
+    malignancy_score: float
+
+
+@dataclass(frozen=True)
+class CachedStudy:
+    """One preprocessed study and its truth."""
+
+    key: str
+    image: np.ndarray  # float32, 0..1
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    box: tuple[slice, slice, slice]
+    nodules: tuple[TruthNodule, ...]
+
+    @property
+    def preprocessed(self) -> Preprocessed:
+        return Preprocessed(self.image, self.affine, self.spacing)
+
+
+def thin_series_files(study_dir: Path) -> list[str]:
+    """The DICOM files of a clean synthetic study's thin series (its largest series folder)."""
+    folders = [d for d in study_dir.iterdir() if d.is_dir()]
+    if not folders:
+        raise FileNotFoundError(f"{study_dir} has no series folders")
+    thin = max(folders, key=lambda d: len(list(d.glob("*.dcm"))))
+    return sorted(str(p) for p in thin.glob("*.dcm"))
+
+
+def cache_study(study_dir: Path, truth_rows: list[dict], spec: ModelSpec, cache_path: Path) -> Path:
+    """Load, preprocess and save one study with its truth in voxel coordinates."""
+    pre = preprocess(load_volume(thin_series_files(study_dir)), spec)
+    box = lung_box(pre, spec)
+    lps = np.array([[r["center_x_mm"], r["center_y_mm"], r["center_z_mm"]] for r in truth_rows]).reshape(
+        -1, 3
+    )
+    ijk = (
+        pre.ras_to_voxel(ras_to_lps(lps)) if len(lps) else np.zeros((0, 3))
+    )  # LPS <-> RAS is its own inverse
+    np.savez(
+        cache_path,
+        image=pre.array.astype(np.float16),
+        affine=pre.affine,
+        spacing=np.asarray(pre.spacing),
+        box=np.array([[s.start, s.stop] for s in box]),
+        center_ijk=ijk,
+        center_lps=lps,
+        diameter=np.array([r["diameter_mm"] for r in truth_rows], dtype=np.float64),
+        type_index=np.array([NODULE_TYPES.index(r["type"]) for r in truth_rows], dtype=np.int64),
+        malignant=np.array([r["malignant"] for r in truth_rows], dtype=bool),
+        malignancy_score=np.array([r["malignancy_score"] for r in truth_rows], dtype=np.float64),
+    )
+    return cache_path
+
+
+def load_cached(path: Path) -> CachedStudy:
+    """Read a study written by :func:`cache_study`."""
+    with np.load(path) as z:
+        nodules = tuple(
+            TruthNodule(tuple(c), tuple(p), float(d), int(t), bool(m), float(s))
+            for c, p, d, t, m, s in zip(
+                z["center_ijk"], z["center_lps"], z["diameter"], z["type_index"], z["malignant"],
+                z["malignancy_score"], strict=True,
+            )
+        )  # fmt: skip
+        box = tuple(slice(int(a), int(b)) for a, b in z["box"])
+        return CachedStudy(
+            key=path.stem,
+            image=z["image"].astype(np.float32),
+            affine=z["affine"],
+            spacing=tuple(float(s) for s in z["spacing"]),
+            box=box,  # type: ignore[arg-type]
+            nodules=nodules,
+        )
+
+
+def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec) -> list[Path]:
+    """Cache every study of a clean synthetic cohort (skipping those already cached)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    findings = pq.read_table(cohort_dir / "truth.parquet").to_pylist()
+    studies = pq.read_table(cohort_dir / "truth_studies.parquet").to_pylist()
+    paths = []
+    for study in studies:
+        path = cache_dir / f"{study['study_dir']}.npz"
+        if not path.exists():
+            rows = [f for f in findings if f["study_dir"] == study["study_dir"]]
+            tmp = path.with_name(path.stem + ".partial.npz")
+            cache_study(cohort_dir / study["study_dir"], rows, spec, tmp)
+            tmp.rename(path)
+        paths.append(path)
+    return paths
+
+
+def iter_cached(paths: list[Path]) -> Iterator[CachedStudy]:
+    """Load cached studies one at a time."""
+    for path in paths:
+        yield load_cached(path)

@@ -1,0 +1,114 @@
+"""Reproducing the reference models: cohorts -> cache -> training -> evaluation -> cards.
+
+``make models`` runs :func:`build_reference_models` through ``lungscreen train`` and
+``lungscreen evaluate``; every step is seeded, and each output says the weights were trained
+on synthetic data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.checkpoint import Checkpoint
+from export.dataset import cache_cohort, iter_cached, load_cached
+from export.evaluate import Evaluation, TorchRunner, evaluate, plot_froc
+from export.networks import CLASSIFIER_SPEC, DETECTOR_SPEC
+from export.spec import SYNTHETIC_DATA_NOTICE
+from export.train import TrainConfig, train_classifier, train_detector
+from pipeline.analysis import AnalysisConfig
+
+TRAIN_SEED = 1001
+EVAL_SEED = 2002  # a different seed: no study of the evaluation cohort is seen in training
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ReferenceRecipe:
+    """How much data and training the reference models get."""
+
+    train_studies: int = 48
+    eval_studies: int = 24
+    profile: str = "screening"
+    detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200))
+    classifier: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, learning_rate=1e-3))
+
+
+def make_cohort(out: Path, studies: int, seed: int, profile: str, log: Log) -> Path:
+    """Generate a clean synthetic cohort once (kept when its truth tables exist)."""
+    from synth.cohort import generate_cohort
+
+    if (out / "truth_studies.parquet").exists():
+        return out
+    log(f"generating {studies} synthetic studies (seed {seed}, profile {profile}) in {out}")
+    summary = generate_cohort(out, studies, seed, profile)
+    log(f"generated {summary.studies} studies with {summary.findings} nodules in {summary.seconds:.0f} s")
+    return out
+
+
+def train_reference(workdir: Path, recipe: ReferenceRecipe, log: Log = print) -> tuple[Path, Path]:
+    """Train both models; returns the detector and classifier checkpoint paths."""
+    cohort = make_cohort(workdir / "train-cohort", recipe.train_studies, TRAIN_SEED, recipe.profile, log)
+    paths = cache_cohort(cohort, workdir / "train-cache", DETECTOR_SPEC)
+    studies = [load_cached(p) for p in paths]
+    log(f"training on {len(studies)} studies, {sum(len(s.nodules) for s in studies)} nodules")
+    detector = train_detector(studies, recipe.detector, log)
+    detector.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
+    det_path = detector.save(workdir / f"{DETECTOR_SPEC.name}.pt")
+    classifier = train_classifier(studies, recipe.classifier, log)
+    classifier.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
+    cls_path = classifier.save(workdir / f"{CLASSIFIER_SPEC.name}.pt")
+    return det_path, cls_path
+
+
+def evaluate_reference(
+    detector_path: Path,
+    classifier_path: Path,
+    workdir: Path,
+    recipe: ReferenceRecipe,
+    cfg: AnalysisConfig,
+    log: Log = print,
+) -> Evaluation:
+    """Evaluate both checkpoints on the held-out cohort; writes evaluation.json and froc.png."""
+    cohort = make_cohort(workdir / "eval-cohort", recipe.eval_studies, EVAL_SEED, recipe.profile, log)
+    paths = cache_cohort(cohort, workdir / "eval-cache", DETECTOR_SPEC)
+    detector, classifier = Checkpoint.load(detector_path), Checkpoint.load(classifier_path)
+    runner = TorchRunner({DETECTOR_SPEC.name: detector.build(), CLASSIFIER_SPEC.name: classifier.build()})
+    result = evaluate(iter_cached(paths), detector.spec, classifier.spec, runner, cfg)
+    (workdir / "evaluation.json").write_text(result.to_json())
+    plot_froc(
+        result, workdir / "froc.png", f"{DETECTOR_SPEC.name}: held-out synthetic cohort (seed {EVAL_SEED})"
+    )
+    log(f"CPM {result.cpm:.3f}, sensitivity at 1 FP/scan (>= 6 mm) {result.sensitivity_1fp_6mm_plus:.3f}, "
+        f"malignancy AUC {result.malignancy_auc:.3f}, type accuracy {result.type_accuracy:.3f}")  # fmt: skip
+    return result
+
+
+def _data_record(recipe: ReferenceRecipe, seed: int, studies: int) -> dict[str, object]:
+    return {"generator": "synth", "profile": recipe.profile, "seed": seed, "studies": studies,
+            "notice": SYNTHETIC_DATA_NOTICE}  # fmt: skip
+
+
+def write_model_cards(repository: Path, evaluation: Evaluation, workdir: Path, command: str) -> list[Path]:
+    """Write both model cards (and the FROC PNG beside the detector's) from measured figures."""
+    import shutil
+
+    from export.cards import classifier_card, detector_card
+
+    written = []
+    det_dir = repository / DETECTOR_SPEC.name
+    det_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(workdir / "froc.png", det_dir / "froc.png")
+    det_ckpt = Checkpoint.load(workdir / f"{DETECTOR_SPEC.name}.pt")
+    cls_ckpt = Checkpoint.load(workdir / f"{CLASSIFIER_SPEC.name}.pt")
+    for model_dir, text in (
+        (det_dir, detector_card(evaluation, det_ckpt, command)),
+        (repository / CLASSIFIER_SPEC.name, classifier_card(evaluation, cls_ckpt, command)),
+    ):
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "README.md").write_text(text)
+        written.append(model_dir / "README.md")
+    (det_dir / "evaluation.json").write_text(json.dumps(json.loads(evaluation.to_json()), indent=2))
+    return written

@@ -1,0 +1,154 @@
+"""One preprocessed study through both models: detector patches, candidates, classifier crops.
+
+The models are reached through a :class:`ModelRunner`: Triton in the screening job,
+ONNX Runtime or PyTorch in evaluation and the baseline, so every path measures the same
+post-processing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from export.networks import CLASSIFIER_SLOTS
+from export.spec import ModelSpec
+from pipeline.patches import plan_patches, sliding_window
+from pipeline.postprocess import Candidate, crop_around, extract_candidates, ras_to_lps
+from pipeline.preprocess import Preprocessed, lung_box
+
+
+class ModelRunner(Protocol):
+    """Runs batches through a named model; may run them concurrently."""
+
+    def run_many(self, model: str, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """One output array per input batch, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Knobs of the per-study analysis (validated in ``pipeline.config``)."""
+
+    candidate_threshold: float = 0.5
+    max_candidates: int = 32
+    detector_batch: int = 4
+    classifier_batch: int = 16
+    in_flight: int = 4
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One classified candidate, measured in patient (DICOM LPS) millimetres."""
+
+    center_lps_mm: tuple[float, float, float]
+    diameter_mm: float
+    solid_diameter_mm: float
+    volume_mm3: float
+    detector_score: float
+    nodule_probability: float
+    score: float
+    malignancy: float
+    nodule_type: str
+    type_probability: float
+    region: str
+
+
+@dataclass
+class Analysis:
+    """Findings of a study (all candidates, best first) and how long each part took."""
+
+    findings: list[Finding]
+    patches: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def region_of(center_ijk: Sequence[float], box: tuple[slice, slice, slice]) -> str:
+    """Coarse lung region from the position inside the lung box (RAS axes): side and third."""
+    i, _, k = center_ijk
+    mid_i = (box[0].start + box[0].stop) / 2.0
+    side = "right" if i < mid_i else "left"  # +i points to patient Left in RAS
+    height = (k - box[2].start) / max(box[2].stop - box[2].start, 1)
+    third = "lower" if height < 1 / 3 else ("middle" if height < 2 / 3 else "upper")
+    if side == "left" and third == "middle":
+        third = "lingula/mid"
+    return f"{side} {third} lung zone"
+
+
+def analyze(
+    pre: Preprocessed,
+    detector: ModelSpec,
+    classifier: ModelSpec,
+    runner: ModelRunner,
+    cfg: AnalysisConfig = AnalysisConfig(),
+) -> Analysis:
+    """Detect, measure and classify nodule candidates in one preprocessed study."""
+    t0 = time.perf_counter()
+    box = lung_box(pre, detector)
+    grid = plan_patches(pre.array.shape, detector.patch_size, detector.overlap, box)
+    probs = sliding_window(
+        pre.array,
+        grid,
+        lambda batches: runner.run_many(detector.name, batches),
+        cfg.detector_batch,
+        cfg.in_flight,
+    )
+    t1 = time.perf_counter()
+    candidates = extract_candidates(
+        probs, pre, detector, threshold=cfg.candidate_threshold, max_candidates=cfg.max_candidates
+    )
+    t2 = time.perf_counter()
+    findings = classify(pre, candidates, classifier, runner, cfg, box)
+    t3 = time.perf_counter()
+    findings.sort(key=lambda f: f.score, reverse=True)
+    timings = {"detect": t1 - t0, "candidates": t2 - t1, "classify": t3 - t2}
+    return Analysis(findings, len(grid.windows), timings)
+
+
+def classify(
+    pre: Preprocessed,
+    candidates: Sequence[Candidate],
+    classifier: ModelSpec,
+    runner: ModelRunner,
+    cfg: AnalysisConfig,
+    box: tuple[slice, slice, slice],
+) -> list[Finding]:
+    """Crops around candidates through the classifier, turned into findings."""
+    if not candidates:
+        return []
+    crops = np.stack([crop_around(pre.array, c.center_ijk, classifier.patch_size) for c in candidates])[
+        :, None
+    ]
+    batches = [crops[i : i + cfg.classifier_batch] for i in range(0, len(crops), cfg.classifier_batch)]
+    scores = np.concatenate(runner.run_many(classifier.name, batches))
+    types = classifier.classes
+    findings = []
+    for cand, s in zip(candidates, scores, strict=True):
+        p_nodule = float(_sigmoid(s[CLASSIFIER_SLOTS["nodule"]]))
+        type_logits = s[CLASSIFIER_SLOTS["type"]]
+        type_p = np.exp(type_logits - type_logits.max())
+        type_p /= type_p.sum()
+        center = ras_to_lps(cand.center_ras(pre))
+        findings.append(
+            Finding(
+                center_lps_mm=tuple(float(c) for c in center),
+                diameter_mm=cand.diameter_mm,
+                solid_diameter_mm=cand.solid_diameter_mm,
+                volume_mm3=cand.volume_mm3,
+                detector_score=cand.score,
+                nodule_probability=p_nodule,
+                score=float(np.sqrt(cand.score * p_nodule)),
+                malignancy=float(_sigmoid(s[CLASSIFIER_SLOTS["malignancy"]])),
+                nodule_type=types[int(type_p.argmax())],
+                type_probability=float(type_p.max()),
+                region=region_of(cand.center_ijk, box),
+            )
+        )
+    return findings

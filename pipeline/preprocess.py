@@ -1,0 +1,104 @@
+"""Preprocessing per a model's spec: HU window, resampling to the spec's spacing, lung crop.
+
+Input is a :class:`~pipeline.volume.Volume` (float32 HU, closest-RAS axes, affine voxel -> RAS
+mm); output keeps the same convention at the model's spacing, so a position found in the
+model's grid maps back to patient millimetres through ``affine``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Orientation, ScaleIntensityRange, Spacing
+from scipy import ndimage
+
+from export.spec import ModelSpec
+from pipeline.volume import Volume
+
+# Axis labels of the orientation codes, spelled out (MONAI warns that its default changes).
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+# Lung parenchyma and airways are below this; soft tissue, bone and vessels are above.
+LUNG_HU_THRESHOLD = -400.0
+# Margin kept around the lungs so juxtapleural nodules and the patch context stay inside.
+LUNG_MARGIN_MM = 12.0
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """A model-ready volume: ``array[i, j, k]`` scaled to 0..1, ``affine`` voxel -> RAS mm."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+
+    def voxel_to_ras(self, ijk: np.ndarray) -> np.ndarray:
+        """RAS millimetres of voxel indices (N x 3)."""
+        ijk = np.atleast_2d(np.asarray(ijk, dtype=np.float64))
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def ras_to_voxel(self, ras: np.ndarray) -> np.ndarray:
+        """Voxel indices (float) of RAS millimetres (N x 3)."""
+        ras = np.atleast_2d(np.asarray(ras, dtype=np.float64))
+        return (ras - self.affine[:3, 3]) @ np.linalg.inv(self.affine[:3, :3]).T
+
+
+def model_transform(spec: ModelSpec) -> Compose:
+    """The MONAI array transforms of a spec, applied to a channel-first MetaTensor."""
+    low, high = spec.hu_window
+    return Compose(
+        [
+            Orientation(axcodes=spec.orientation, labels=RAS_LABELS),
+            ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+            Spacing(pixdim=spec.target_spacing_mm, mode="bilinear", padding_mode="border"),
+        ]
+    )
+
+
+def preprocess(volume: Volume, spec: ModelSpec) -> Preprocessed:
+    """Window, reorient and resample ``volume`` as ``spec`` says (MONAI transforms)."""
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None], affine=volume.affine)
+    out = model_transform(spec)(image)
+    array = out[0].numpy().astype(np.float32, copy=False)
+    affine = np.asarray(out.affine, dtype=np.float64)
+    return Preprocessed(array, affine, tuple(float(s) for s in spec.target_spacing_mm))
+
+
+def lung_mask(pre: Preprocessed, spec: ModelSpec, step: int = 2) -> tuple[np.ndarray, int]:
+    """A coarse lung mask (every ``step``-th voxel) and its step.
+
+    Air connected to the volume's border is outside the body; the largest remaining
+    low-density components are the lungs (and airways). Empty when none is found.
+    """
+    low, high = spec.hu_window
+    threshold = (LUNG_HU_THRESHOLD - low) / (high - low)
+    small = pre.array[::step, ::step, ::step] < threshold
+    labels, n = ndimage.label(small)
+    if n == 0:
+        return np.zeros_like(small), step
+    faces = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
+    border = set(np.unique(np.concatenate([f.ravel() for f in faces])).tolist())
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    inside = [(size, lab) for lab, size in enumerate(sizes, start=1) if lab not in border]
+    if not inside:
+        return np.zeros_like(small), step
+    biggest = max(inside)[0]
+    keep = [lab for size, lab in inside if size >= 0.2 * biggest]
+    return np.isin(labels, keep), step
+
+
+def lung_box(pre: Preprocessed, spec: ModelSpec) -> tuple[slice, slice, slice]:
+    """The bounding box of both lungs plus a margin, in voxels of ``pre`` (whole volume if none)."""
+    mask, step = lung_mask(pre, spec)
+    if not mask.any():
+        return (slice(None),) * 3
+    idx = np.argwhere(mask)
+    lo = idx.min(axis=0) * step
+    hi = (idx.max(axis=0) + 1) * step
+    margin = np.ceil(LUNG_MARGIN_MM / np.asarray(pre.spacing)).astype(int)
+    shape = np.asarray(pre.array.shape)
+    lo = np.maximum(lo - margin, 0)
+    hi = np.minimum(hi + margin, shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]

@@ -1,0 +1,97 @@
+"""Patches, stitching, candidates and measurements on constructed volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.networks import DETECTOR_SPEC
+from pipeline.patches import plan_patches, sliding_window
+from pipeline.postprocess import (
+    Candidate,
+    crop_around,
+    equivalent_diameter,
+    extract_candidates,
+    non_maximum_suppression,
+    ras_to_lps,
+)
+from pipeline.preprocess import Preprocessed
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_stitching_an_identity_model_returns_the_input(overlap: float) -> None:
+    a = np.random.default_rng(0).uniform(0.01, 0.99, size=(70, 50, 40)).astype(np.float32)
+    grid = plan_patches(a.shape, (32, 32, 32), overlap, crop=(slice(5, 65), slice(0, 50), slice(3, 40)))
+    probs = sliding_window(a, grid, lambda bs: [_logit(b) for b in bs], batch_size=3, in_flight=2)
+    np.testing.assert_allclose(probs[5:65, :, 3:], a[5:65, :, 3:], atol=1e-4)
+    assert probs[:5].max() == 0.0  # outside the crop nothing is predicted
+
+
+def test_volume_smaller_than_a_patch_is_padded() -> None:
+    a = np.full((20, 20, 10), 0.3, dtype=np.float32)
+    grid = plan_patches(a.shape, (32, 32, 32), 0.25)
+    assert len(grid.windows) == 1 and grid.padded_shape == (32, 32, 32)
+    probs = sliding_window(a, grid, lambda bs: [_logit(b) for b in bs], batch_size=1)
+    np.testing.assert_allclose(probs, 0.3, atol=1e-4)
+
+
+def _sphere(shape: tuple[int, int, int], center: tuple[float, float, float], radius_vox: float) -> np.ndarray:
+    grid = np.indices(shape).astype(np.float64)
+    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, center, strict=True)))
+    return (dist <= radius_vox).astype(np.float32)
+
+
+def test_candidates_are_measured_in_millimetres() -> None:
+    spacing = (1.5, 1.5, 1.5)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = (-100.0, -50.0, 20.0)
+    shape = (60, 60, 60)
+    image = np.full(shape, 0.1, dtype=np.float32) + 0.6 * _sphere(shape, (20, 30, 30), 4.0)
+    probs = 0.95 * _sphere(shape, (20, 30, 30), 4.0) + 0.7 * _sphere(shape, (45, 45, 45), 2.0)
+    pre = Preprocessed(image, affine, spacing)
+    cands = extract_candidates(probs, pre, DETECTOR_SPEC, threshold=0.5)
+    assert [round(c.score, 2) for c in cands] == [0.95, 0.7]
+    big = cands[0]
+    np.testing.assert_allclose(big.center_ijk, (20, 30, 30), atol=1e-6)
+    np.testing.assert_allclose(big.center_ras(pre), (-100 + 30, -50 + 45, 20 + 45))
+    expected_d = equivalent_diameter(float(_sphere(shape, (20, 30, 30), 4.0).sum()) * 1.5**3)
+    assert big.diameter_mm == pytest.approx(expected_d)
+    assert 10.0 < big.diameter_mm < 13.5  # a sphere of radius 4 voxels of 1.5 mm
+    assert big.solid_diameter_mm == pytest.approx(big.diameter_mm)  # all of it is above -300 HU
+
+
+NMS_CASES = (
+    # second centre (voxels of 1 mm), its score, how many survive
+    ((20.0, 20.0, 24.0), 0.6, 1),  # inside the 10 mm nodule's radius: suppressed
+    ((20.0, 20.0, 26.0), 0.6, 2),  # outside both radii: kept
+    ((20.0, 20.0, 24.0), 0.95, 1),  # better score wins, the other is suppressed
+)
+
+
+@pytest.mark.parametrize(("center", "score", "survivors"), NMS_CASES)
+def test_nms_keeps_the_best_of_overlapping_candidates(
+    center: tuple[float, float, float], score: float, survivors: int
+) -> None:
+    big = Candidate((20.0, 20.0, 20.0), 0.9, 523.0, 10.0, 10.0)
+    other = Candidate(center, score, 4.0, 2.0, 2.0)
+    kept = non_maximum_suppression([big, other], (1.0, 1.0, 1.0))
+    assert len(kept) == survivors
+    assert kept[0].score == max(0.9, score)
+
+
+def test_crop_pads_outside_the_volume() -> None:
+    a = np.arange(10 * 10 * 10, dtype=np.float32).reshape(10, 10, 10)
+    crop = crop_around(a, (0, 5, 9), (4, 4, 4), fill=-1.0)
+    assert crop.shape == (4, 4, 4)
+    assert crop[0, 0, 0] == -1.0 and crop[2, 2, 2] == a[0, 5, 9]
+
+
+def test_ras_lps_flip_is_its_own_inverse() -> None:
+    p = np.array([[1.0, -2.0, 3.0]])
+    np.testing.assert_array_equal(ras_to_lps(p), [[-1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(ras_to_lps(ras_to_lps(p)), p)
