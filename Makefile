@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # the system libpython of that version.
 STUB_PYVER := 3.11
 
-.PHONY: help setup demo test test-fast serve lint format clean models
+.PHONY: help setup demo test test-fast serve lint format clean models bench
 MODELS_WORKDIR := .cache/models
 
 help:  ## List the targets
@@ -79,6 +79,10 @@ models: setup  ## Train, evaluate and export the reference models
 	$(VENV)/bin/lungscreen export $(MODELS_WORKDIR)/lung_nodule_detector.pt --parity-data $(MODELS_WORKDIR)/eval-cache
 	$(VENV)/bin/lungscreen export $(MODELS_WORKDIR)/lung_nodule_classifier.pt --parity-data $(MODELS_WORKDIR)/eval-cache
 	cp $(MODELS_WORKDIR)/lung_nodule_detector.pt $(MODELS_WORKDIR)/lung_nodule_classifier.pt export/checkpoints/
+
+# Never part of `make test`: performance is measured here, not by timed tests.
+bench: setup  ## Benchmark the platform against the plain baseline (writes bench/results/)
+	$(VENV)/bin/lungscreen bench
 
 lint: setup  ## ruff check and format check
 	$(VENV)/bin/ruff check .

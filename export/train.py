@@ -28,7 +28,6 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
-from scipy import ndimage
 from torch import nn
 
 from export.checkpoint import Checkpoint, build_module
@@ -44,7 +43,7 @@ from export.networks import (
     DETECTOR_SPEC,
 )
 from pipeline.postprocess import SOLID_HU, crop_around
-from pipeline.preprocess import LUNG_HU_THRESHOLD, lung_mask
+from pipeline.preprocess import LUNG_HU_THRESHOLD, lung_region
 
 Log = Callable[[str], None]
 
@@ -103,13 +102,8 @@ def _lung_level() -> float:
 
 
 def vessel_mask(study: CachedStudy) -> np.ndarray:
-    """Dense voxels inside the (slightly dilated) lungs: vessels, airway walls, nodules."""
-    small, step = lung_mask(study.preprocessed, DETECTOR_SPEC)
-    lungs = ndimage.binary_dilation(small, iterations=2)
-    full = np.zeros(study.image.shape, dtype=bool)
-    up = lungs.repeat(step, 0).repeat(step, 1).repeat(step, 2)
-    full[: up.shape[0], : up.shape[1], : up.shape[2]] = up[: full.shape[0], : full.shape[1], : full.shape[2]]
-    return full & (study.image >= _dense_level())
+    """Dense voxels inside the (slightly grown) lungs: vessels, airway walls, nodules."""
+    return lung_region(study.preprocessed, DETECTOR_SPEC, margin_mm=3.0) & (study.image >= _dense_level())
 
 
 def hard_negative_indices(study: CachedStudy, rng: np.random.Generator, limit: int = 40000) -> np.ndarray:
@@ -234,7 +228,9 @@ def train_detector(studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = 
     sampler.set_random_state(seed=cfg.seed)
     bank = nodule_bank(studies)
     net = build_module(DETECTOR_FACTORY, DETECTOR_KWARGS)
-    loss_fn = DiceCELoss(sigmoid=True, squared_pred=True, smooth_nr=1e-4, smooth_dr=1e-4)
+    # Dice over the whole batch: per-patch Dice is degenerate on the many nodule-free patches
+    # (any predicted mass costs the full loss) and teaches the network to predict nothing.
+    loss_fn = DiceCELoss(sigmoid=True, squared_pred=True, batch=True, smooth_nr=1e-4, smooth_dr=1e-4)
     history = _fit(
         net,
         lambda: _detector_batch(items, sampler, rng, cfg, bank),

@@ -18,7 +18,7 @@ from export.networks import CLASSIFIER_SLOTS
 from export.spec import ModelSpec
 from pipeline.patches import plan_patches, sliding_window
 from pipeline.postprocess import Candidate, crop_around, extract_candidates, ras_to_lps
-from pipeline.preprocess import Preprocessed, lung_box
+from pipeline.preprocess import Preprocessed, lung_box, lung_region
 
 
 class ModelRunner(Protocol):
@@ -38,6 +38,7 @@ class AnalysisConfig:
     detector_batch: int = 4
     classifier_batch: int = 16
     in_flight: int = 4
+    lung_gate: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ def analyze(
         cfg.in_flight,
     )
     t1 = time.perf_counter()
+    if cfg.lung_gate:
+        probs *= lung_region(pre, detector)
     candidates = extract_candidates(
         probs, pre, detector, threshold=cfg.candidate_threshold, max_candidates=cfg.max_candidates
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from bench.run import bench_command
 from export.cli import build_plans_command, evaluate_command, export_command, train_command
 from pipeline.cli_index import index_command
 from pipeline.cli_screen import screen_command
@@ -35,6 +36,7 @@ app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("export")(export_command)
 app.command("build-plans")(build_plans_command)
+app.command("bench")(bench_command)
 
 
 if __name__ == "__main__":

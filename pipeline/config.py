@@ -41,6 +41,7 @@ class AnalysisSettings(_Section):
     max_candidates: int = Field(32, ge=1)
     detector_batch: int = Field(4, ge=1)
     classifier_batch: int = Field(16, ge=1)
+    lung_gate: bool = Field(True, description="keep detections only in the (grown) lung mask")
 
     def to_runtime(self, in_flight: int) -> AnalysisConfig:
         return AnalysisConfig(in_flight=in_flight, **self.model_dump())

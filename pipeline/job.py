@@ -24,13 +24,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import tritonclient.grpc as grpcclient
 from distributed import Client, LocalCluster, as_completed, get_worker
 
 from export.networks import CLASSIFIER_NAME, DETECTOR_NAME
 from pipeline.config import JobConfig
 from pipeline.errors import ReasonCode, ServerTimeoutError
-from pipeline.index import OK, build_index, iter_studies, read_index
+from pipeline.index import OK, build_index, iter_studies
 from pipeline.infer import TritonRunner, TritonWorkerPlugin
 from pipeline.metrics import JobMetrics
 from pipeline.select import DEFAULT_SCREENING_RULES, load_rules
@@ -146,13 +147,8 @@ def run_screen(
     metrics: JobMetrics | None = None,
     progress: Progress | None = None,
     on_dashboard: Callable[[str], None] | None = None,
-    stop_after: int | None = None,
 ) -> RunSummary:
-    """Screen every study of ``source`` into ``dest``; resumable by ``run_id``.
-
-    ``stop_after`` ends the run after that many newly finished studies without finalising it
-    (as a crash would), for resume tests.
-    """
+    """Screen every study of ``source`` into ``dest``; resumable by ``run_id``."""
     run_id = run_id or new_run_id()
     metrics = metrics or JobMetrics()
     started = time.time()
@@ -177,19 +173,19 @@ def run_screen(
         metrics.run_expected.set(total)
         todo = (g for g in groups if g.key not in done_before)
         max_in_flight = cfg.dask.max_in_flight or 2 * len(client.scheduler_info()["workers"])
-        counts = {"done": len(done_before), "failed": 0, "new": 0}
+        counts = {"done": len(done_before), "failed": 0}
         metrics.run_done.set(counts["done"])
-        seq = 0
+        submitted: dict[str, StudyIdentity] = {}
 
         def submit_next(ac: as_completed) -> bool:
-            nonlocal seq
             group = next(todo, None)
             if group is None:
                 return False
-            seq += 1
-            # Task keys carry a counter, never a UID: the dashboard shows them.
             rows = group.rows.to_pylist()
-            ac.add(client.submit(_screen_on_worker, group.key, rows, ctx, key=f"study-{run_id}-{seq}"))
+            # Task keys carry a counter, never a UID: the dashboard shows them.
+            key = f"study-{run_id}-{len(submitted) + 1}"
+            submitted[key] = StudyIdentity.of(group.key, rows)
+            ac.add(client.submit(_screen_on_worker, group.key, rows, ctx, key=key))
             metrics.in_flight.inc()
             return True
 
@@ -199,21 +195,13 @@ def run_screen(
                 break
         for future in ac:
             metrics.in_flight.dec()
-            outcome = _result(future, run_id)
+            outcome = _result(future, submitted.pop(future.key), run_id)
             _record(outcome, writer, metrics)
             counts["done"] += 1
-            counts["new"] += 1
             counts["failed"] += outcome.status != "ok"
             metrics.run_done.set(counts["done"])
             if progress:
                 progress(counts["done"], counts["failed"], total, ac.count())
-            if stop_after is not None and counts["new"] >= stop_after:
-                writer.flush()
-                for f in list(ac.futures):
-                    f.cancel()
-                return RunSummary(
-                    run_id, dest, total, 0, 0, len(done_before), 0, seconds=time.time() - started
-                )
             submit_next(ac)
         writer.flush()
     summary = finalize(writer, run_id, total, cfg, ctx, started, source)
@@ -231,7 +219,7 @@ def _index(source: str, writer: RunWriter, client: Client) -> pa.Table:
     previous = None
     if writer.fs.exists(path):
         with writer.fs.open(path, "rb") as f:
-            previous = read_index(f)
+            previous = pq.read_table(f)
     index = build_index(open_source(source), client=client, previous=previous)
     writer.write_table("index", index)
     return index
@@ -258,25 +246,39 @@ def _file_failures(index: pa.Table, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def _result(future: Any, run_id: str) -> StudyOutcome:
+@dataclass(frozen=True)
+class StudyIdentity:
+    """What the driver needs to write a failure row for a study whose task was lost."""
+
+    key: str
+    uid: str | None
+    accession: str | None
+
+    @classmethod
+    def of(cls, key: str, rows: list[dict[str, Any]]) -> StudyIdentity:
+        uid = next((r["StudyInstanceUID"] for r in rows if r.get("StudyInstanceUID")), None)
+        accession = next((r["AccessionNumber"] for r in rows if r.get("AccessionNumber")), None)
+        return cls(key, uid, accession)
+
+
+def _result(future: Any, study: StudyIdentity, run_id: str) -> StudyOutcome:
     """The outcome of a study task; a task that died with its worker becomes a failure row."""
     try:
         return future.result()
     except Exception as e:  # KilledWorker, a cancelled future, a lost connection
-        key = str(future.key)
         message = f"the worker running it died or was lost ({type(e).__name__}); re-run with the same run id"
         row = {
             "run_id": run_id,
             "scope": "study",
-            "study_key": key,
-            "study_instance_uid": None,
-            "accession_number": None,
+            "study_key": study.key,
+            "study_instance_uid": study.uid,
+            "accession_number": study.accession,
             "url": None,
             "stage": "worker",
             "reason": str(ReasonCode.INTERNAL_ERROR),
             "message": message,
         }
-        return StudyOutcome(key, str(ReasonCode.INTERNAL_ERROR), failure_row=row)
+        return StudyOutcome(study.key, str(ReasonCode.INTERNAL_ERROR), failure_row=row)
 
 
 def _record(outcome: StudyOutcome, writer: RunWriter, metrics: JobMetrics) -> None:

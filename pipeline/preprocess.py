@@ -24,6 +24,8 @@ RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 LUNG_HU_THRESHOLD = -400.0
 # Margin kept around the lungs so juxtapleural nodules and the patch context stay inside.
 LUNG_MARGIN_MM = 12.0
+# How far outside the lung mask a candidate may lie (juxtapleural nodules bulge into the wall).
+LUNG_GATE_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,19 @@ def lung_box(pre: Preprocessed, spec: ModelSpec) -> tuple[slice, slice, slice]:
     lo = np.maximum(lo - margin, 0)
     hi = np.minimum(hi + margin, shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
+
+
+def lung_region(pre: Preprocessed, spec: ModelSpec, margin_mm: float = LUNG_GATE_MM) -> np.ndarray:
+    """Full-resolution lung mask grown by ``margin_mm``, so juxtapleural nodules stay inside.
+
+    The detector's map is kept only here: nodules are in the lungs, and soft tissue outside
+    them (heart, liver, chest wall) is where a lung-trained network invents most false positives.
+    """
+    small, step = lung_mask(pre, spec)
+    iterations = max(int(np.ceil(margin_mm / (min(pre.spacing) * step))), 1)
+    grown = ndimage.binary_dilation(small, iterations=iterations) if small.any() else small
+    full = np.zeros(pre.array.shape, dtype=bool)
+    up = grown.repeat(step, 0).repeat(step, 1).repeat(step, 2)
+    n = [min(a, b) for a, b in zip(full.shape, up.shape, strict=True)]
+    full[: n[0], : n[1], : n[2]] = up[: n[0], : n[1], : n[2]]
+    return full

@@ -15,7 +15,7 @@ from pipeline.postprocess import (
     non_maximum_suppression,
     ras_to_lps,
 )
-from pipeline.preprocess import Preprocessed
+from pipeline.preprocess import Preprocessed, lung_region
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -95,3 +95,17 @@ def test_ras_lps_flip_is_its_own_inverse() -> None:
     p = np.array([[1.0, -2.0, 3.0]])
     np.testing.assert_array_equal(ras_to_lps(p), [[-1.0, 2.0, 3.0]])
     np.testing.assert_array_equal(ras_to_lps(ras_to_lps(p)), p)
+
+
+def test_lung_region_covers_the_lungs_and_a_margin_not_the_body() -> None:
+    shape = (80, 80, 40)
+    image = np.zeros(shape, dtype=np.float32)  # air outside the body: 0 = -1000 HU
+    image[10:70, 10:70, :] = 0.75  # body, soft tissue
+    image[20:38, 20:60, 5:35] = 0.1  # right lung
+    image[42:60, 20:60, 5:35] = 0.1  # left lung
+    pre = Preprocessed(image, np.eye(4), (1.5, 1.5, 1.5))
+    region = lung_region(pre, DETECTOR_SPEC, margin_mm=3.0)
+    assert region[25, 30, 20] and region[50, 30, 20]  # inside each lung
+    assert region[39, 30, 20]  # between them, within the margin of both
+    assert not region[15, 15, 2] and not region[0, 0, 0]  # body wall far from the lungs, outside air
+    assert region.sum() < 1.5 * ((image == 0.1).sum())

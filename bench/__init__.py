@@ -1,0 +1,1 @@
+"""Benchmarks of the screening platform against a plain baseline (``lungscreen bench``)."""

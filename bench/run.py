@@ -1,0 +1,246 @@
+"""``lungscreen bench`` / ``make bench``: stages against their floors, the platform against the
+plain baseline, 1 vs 2 workers, and peak memory, on generated full-size screening studies.
+
+Every figure is measured in the same run on the same machine; three repeats give the spread.
+Results go to ``bench/results/<timestamp>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pydicom
+import typer
+from rich.console import Console
+
+from bench.baseline import run_baseline
+from bench.measure import TreeSampler, stats_delta, timed, triton_stats
+from export.checkpoint import Checkpoint
+from export.dataset import thin_series_files
+from export.networks import CLASSIFIER_NAME, DETECTOR_NAME, DETECTOR_SPEC
+from pipeline.config import load_config
+from pipeline.index import build_index
+from pipeline.job import DEFAULT_REPOSITORY, run_screen
+from pipeline.preprocess import preprocess
+from pipeline.serving import PROJECT_ROOT, LocalTriton
+from pipeline.sources import open_source
+from pipeline.volume import load_volume
+
+console = Console()
+RESULTS = PROJECT_ROOT / "bench" / "results"
+WORK = PROJECT_ROOT / "bench" / "work"
+CHECKPOINTS = PROJECT_ROOT / "export" / "checkpoints"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How big a benchmark run is."""
+
+    studies: int = 20
+    seed: int = 123
+    profile: str = "screening"
+    repeats: int = 3
+    floor_sample: int = 3
+    workers: int = 2
+
+
+def cohort(cfg: BenchConfig) -> Path:
+    """The benchmark cohort, generated once and reused."""
+    from synth.cohort import generate_cohort
+
+    path = WORK / f"cohort-{cfg.profile}-{cfg.studies}-{cfg.seed}"
+    if not (path / "truth_studies.parquet").exists():
+        console.print(f"generating {cfg.studies} {cfg.profile} studies in {path}")
+        generate_cohort(path, cfg.studies, cfg.seed, cfg.profile)
+    return path
+
+
+def study_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir())
+
+
+def stage_floors(path: Path, cfg: BenchConfig) -> dict[str, Any]:
+    """Index, load and preprocess per study against their physical floors on this machine."""
+    source = open_source(str(path))
+    files = [e.url for e in source.list_files() if e.url.endswith(".dcm")]
+    _, index_s = timed(build_index, source)
+    sample_files = files[: min(len(files), 600)]
+    _, full_s = timed(lambda: [pydicom.dcmread(f) for f in sample_files])
+    out: dict[str, Any] = {
+        "index_files_per_s": len(files) / index_s,
+        "full_dcmread_files_per_s": len(sample_files) / full_s,
+    }
+    loads, reads, pres, passes = [], [], [], []
+    for study in study_dirs(path)[: cfg.floor_sample]:
+        series = thin_series_files(study)
+        _, read_s = timed(lambda s=series: [Path(f).read_bytes() for f in s])  # warms the page cache too
+        _, read_s = timed(lambda s=series: [Path(f).read_bytes() for f in s])
+        volume, load_s = timed(load_volume, series)
+        _, pre_s = timed(preprocess, volume, DETECTOR_SPEC)
+        buf = np.empty_like(volume.array)
+        _, pass_s = timed(np.multiply, volume.array, 1.0, out=buf)
+        loads.append(load_s)
+        reads.append(read_s)
+        pres.append(pre_s)
+        passes.append(pass_s)
+    out.update(
+        {
+            "load_s_per_study": statistics.mean(loads),
+            "read_floor_s_per_study": statistics.mean(reads),
+            "load_x_floor": statistics.mean(loads) / statistics.mean(reads),
+            "preprocess_s_per_study": statistics.mean(pres),
+            "numpy_pass_floor_s_per_study": statistics.mean(passes),
+            "preprocess_x_floor": statistics.mean(pres) / statistics.mean(passes),
+        }
+    )
+    return out
+
+
+def platform_once(path: Path, server: LocalTriton, workers: int, tag: str) -> dict[str, Any]:
+    """One screening run through the platform; throughput, CPU, memory, Triton statistics."""
+    dest = WORK / "runs" / f"{tag}-{int(time.time() * 1000)}"
+    cfg = load_config(None, {"dask": {"n_workers": workers}})
+    before = triton_stats(server.http_url)
+    with TreeSampler() as sampler:
+        summary, seconds = timed(
+            run_screen, str(path), str(dest), cfg, run_id=tag, triton_url=server.grpc_url
+        )
+    delta = stats_delta(before, triton_stats(server.http_url))
+    import pyarrow.parquet as pq
+
+    studies = pq.read_table(dest / "studies.parquet")
+    stage = {
+        s: float(np.mean(studies[f"{s}_s"].to_numpy()))
+        for s in ("load", "preprocess", "inference", "postprocess")
+    }
+    return {
+        "studies": summary.studies,
+        "seconds": seconds,
+        "studies_per_min": 60 * summary.studies / seconds,
+        "cpu_s_per_study": sampler.cpu_seconds / max(summary.studies, 1),
+        "driver_peak_mb": sampler.driver_peak_mb,
+        "workers_peak_mb": sampler.workers_peak_mb,
+        "stage_s_per_study": stage,
+        "triton": {k: delta[k] for k in (DETECTOR_NAME, CLASSIFIER_NAME) if k in delta},
+    }
+
+
+def baseline_once(path: Path, tag: str) -> dict[str, Any]:
+    """One run of the plain way, same studies, same models."""
+    detector = Checkpoint.load(CHECKPOINTS / f"{DETECTOR_NAME}.pt")
+    classifier = Checkpoint.load(CHECKPOINTS / f"{CLASSIFIER_NAME}.pt")
+    dirs = study_dirs(path)
+    with TreeSampler() as sampler:
+        result, seconds = timed(run_baseline, dirs, detector, classifier, WORK / f"baseline-{tag}.parquet")
+    return {
+        "studies": len(dirs),
+        "seconds": seconds,
+        "studies_per_min": 60 * len(dirs) / seconds,
+        "cpu_s_per_study": sampler.cpu_seconds / max(len(dirs), 1),
+        "peak_mb": sampler.driver_peak_mb,
+        "stage_s_per_study": {k: v / len(dirs) for k, v in result["seconds"].items()},
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Every measurement of one benchmark run."""
+    path = cohort(cfg)
+    result: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(),
+        "machine": {
+            "cpus": psutil.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "config": cfg.__dict__,
+        "floors": stage_floors(path, cfg),
+    }
+    with LocalTriton(DEFAULT_REPOSITORY) as server:
+        result["platform"] = [platform_once(path, server, cfg.workers, f"p{i}") for i in range(cfg.repeats)]
+        result["platform_1_worker"] = platform_once(path, server, 1, "p1w")
+    result["baseline"] = [baseline_once(path, f"b{i}") for i in range(cfg.repeats)]
+    p = [r["studies_per_min"] for r in result["platform"]]
+    b = [r["studies_per_min"] for r in result["baseline"]]
+    result["summary"] = {
+        "platform_studies_per_min": spread(p),
+        "baseline_studies_per_min": spread(b),
+        "ratio_platform_to_baseline": statistics.median(p) / statistics.median(b),
+        "ratio_2_to_1_workers": statistics.median(p) / result["platform_1_worker"]["studies_per_min"],
+    }
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The Performance table for the README."""
+    s, f = result["summary"], result["floors"]
+    p = result["platform"][0]
+    b = result["baseline"][0]
+    rows = [
+        "| measure | platform | baseline |",
+        "| --- | --- | --- |",
+        f"| studies per minute (median, min-max of {len(result['platform'])}) | "
+        f"{s['platform_studies_per_min']['median']:.2f} ({s['platform_studies_per_min']['min']:.2f}-"
+        f"{s['platform_studies_per_min']['max']:.2f}) | {s['baseline_studies_per_min']['median']:.2f} "
+        f"({s['baseline_studies_per_min']['min']:.2f}-{s['baseline_studies_per_min']['max']:.2f}) |",
+        f"| seconds per study | {60 / s['platform_studies_per_min']['median']:.1f} | "
+        f"{60 / s['baseline_studies_per_min']['median']:.1f} |",
+        f"| CPU seconds per study | {p['cpu_s_per_study']:.1f} | {b['cpu_s_per_study']:.1f} |",
+        f"| peak memory, driver / workers (MB) | {p['driver_peak_mb']:.0f} / {p['workers_peak_mb']:.0f} | "
+        f"{b['peak_mb']:.0f} |",
+    ]
+    for stage in ("load", "preprocess", "inference", "postprocess"):
+        rows.append(
+            f"| {stage} s/study (in-worker) | {p['stage_s_per_study'][stage]:.2f} | "
+            f"{b['stage_s_per_study'][stage]:.2f} |"
+        )
+    rows += [
+        "",
+        f"Platform / baseline: **{s['ratio_platform_to_baseline']:.2f}x**; 2 workers / 1 worker: "
+        f"**{s['ratio_2_to_1_workers']:.2f}x**.",
+        "",
+        "| stage | measured | floor | multiple |",
+        "| --- | --- | --- | --- |",
+        f"| index (files/s) | {f['index_files_per_s']:.0f} | "
+        f"full dcmread {f['full_dcmread_files_per_s']:.0f} | |",
+        f"| load + assemble (s/study) | {f['load_s_per_study']:.2f} | page-cache read "
+        f"{f['read_floor_s_per_study']:.3f} | {f['load_x_floor']:.0f}x |",
+        f"| preprocess (s/study) | {f['preprocess_s_per_study']:.2f} | one numpy pass "
+        f"{f['numpy_pass_floor_s_per_study']:.3f} | {f['preprocess_x_floor']:.0f}x |",
+    ]
+    for model, t in p["triton"].items():
+        rows.append(
+            f"\nTriton `{model}`: average batch {t['avg_batch']:.2f}, queue {t['avg_queue_ms']:.1f} ms, "
+            f"compute {t['avg_compute_ms']:.1f} ms per request."
+        )
+    return "\n".join(rows) + "\n"
+
+
+def bench_command(
+    studies: int = typer.Option(20, min=1, help="Studies in the benchmark cohort."),
+    repeats: int = typer.Option(3, min=1, help="Repeats of each end-to-end measurement."),
+    profile: str = typer.Option("screening", help="Synthetic profile (screening = 512x512, ~300 slices)."),
+    workers: int = typer.Option(2, min=1, help="Dask workers of the platform run."),
+) -> None:
+    """Benchmark the platform against the plain baseline and the physical floors."""
+    cfg = BenchConfig(studies=studies, repeats=repeats, profile=profile, workers=workers)
+    result = run_bench(cfg)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (RESULTS / f"{stamp}.md").write_text(table)
+    console.print(table)
+    console.print(f"results: {RESULTS / stamp}.json / .md")
