@@ -36,7 +36,7 @@ class AnalysisConfig:
     candidate_threshold: float = 0.5
     max_candidates: int = 32
     detector_batch: int = 4
-    classifier_batch: int = 16
+    classifier_batch: int = 8
     in_flight: int = 4
     lung_gate: bool = True
 

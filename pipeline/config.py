@@ -40,7 +40,7 @@ class AnalysisSettings(_Section):
     candidate_threshold: float = Field(0.5, gt=0, lt=1)
     max_candidates: int = Field(32, ge=1)
     detector_batch: int = Field(4, ge=1)
-    classifier_batch: int = Field(16, ge=1)
+    classifier_batch: int = Field(8, ge=1)
     lung_gate: bool = Field(True, description="keep detections only in the (grown) lung mask")
 
     def to_runtime(self, in_flight: int) -> AnalysisConfig:

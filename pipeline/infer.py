@@ -73,6 +73,7 @@ class TritonRunner:
             ],
         )
         self._io: dict[str, tuple[str, str, str]] = {}
+        self._max_batch: dict[str, int] = {}
         self.stats = RequestStats()
 
     def close(self) -> None:
@@ -86,6 +87,7 @@ class TritonRunner:
             raise _classify_error(model, e) from None
         spec = ModelSpec.from_triton_config(config)
         self._io[model] = (spec.inputs[0].name, spec.outputs[0].name, spec.inputs[0].dtype)
+        self._max_batch[model] = int(config.get("max_batch_size") or 0)
         return spec
 
     def served_version(self, model: str) -> str:
@@ -104,9 +106,21 @@ class TritonRunner:
         return stats
 
     def run_many(self, model: str, batches: list[np.ndarray]) -> list[np.ndarray]:
-        """Send every batch concurrently (up to ``in_flight``), retrying what is retryable."""
+        """Send every batch concurrently (up to ``in_flight``), retrying what is retryable.
+
+        Batches larger than the model's ``max_batch_size`` are split and their outputs joined.
+        """
         if model not in self._io:
             self.spec(model)
+        limit = self._max_batch[model]
+        if limit and any(len(b) > limit for b in batches):
+            parts = [[b[i : i + limit] for i in range(0, len(b), limit)] for b in batches]
+            flat = self.run_many(model, [p for group in parts for p in group])
+            joined, at = [], 0
+            for group in parts:
+                joined.append(np.concatenate(flat[at : at + len(group)]))
+                at += len(group)
+            return joined
         results: list[np.ndarray | None] = [None] * len(batches)
         for start in range(0, len(batches), self.settings.in_flight):
             chunk = range(start, min(start + self.settings.in_flight, len(batches)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -176,6 +177,7 @@ def run_screen(
         counts = {"done": len(done_before), "failed": 0}
         metrics.run_done.set(counts["done"])
         submitted: dict[str, StudyIdentity] = {}
+        sequence = itertools.count(1)
 
         def submit_next(ac: as_completed) -> bool:
             group = next(todo, None)
@@ -183,7 +185,7 @@ def run_screen(
                 return False
             rows = group.rows.to_pylist()
             # Task keys carry a counter, never a UID: the dashboard shows them.
-            key = f"study-{run_id}-{len(submitted) + 1}"
+            key = f"study-{run_id}-{next(sequence)}"
             submitted[key] = StudyIdentity.of(group.key, rows)
             ac.add(client.submit(_screen_on_worker, group.key, rows, ctx, key=key))
             metrics.in_flight.inc()

@@ -1,0 +1,24 @@
+"""The benchmark script runs end to end on a tiny cohort (figures are not checked: that is
+what `make bench` is for)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import run as bench_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.triton]
+
+
+def test_bench_runs_on_a_tiny_cohort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_run, "WORK", tmp_path / "work")
+    cfg = bench_run.BenchConfig(studies=2, seed=1, profile="small", repeats=1, floor_sample=1, workers=1)
+    result = bench_run.run_bench(cfg)
+    summary = result["summary"]
+    assert summary["platform_studies_per_min"]["median"] > 0
+    assert summary["baseline_studies_per_min"]["median"] > 0
+    assert result["floors"]["load_x_floor"] > 0
+    table = bench_run.markdown(result)
+    assert "Platform / baseline" in table and "| load + assemble" in table
