@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from export.networks import CLASSIFIER_NAME, DETECTOR_NAME
 from pipeline.analysis import AnalysisConfig
 from pipeline.errors import LungscreenError
-from pipeline.triage import TriageConfig
+from pipeline.triage import REPORT_THRESHOLD, SUSPICIOUS_MALIGNANCY, TriageConfig
 
 
 class _Section(BaseModel):
@@ -50,8 +50,8 @@ class AnalysisSettings(_Section):
 class TriageSettings(_Section):
     """Which findings are reported and when malignancy counts as a suspicious feature."""
 
-    report_threshold: float = Field(0.5, gt=0, lt=1)
-    suspicious_malignancy: float = Field(0.9, gt=0, le=1)
+    report_threshold: float = Field(REPORT_THRESHOLD, gt=0, lt=1)
+    suspicious_malignancy: float = Field(SUSPICIOUS_MALIGNANCY, gt=0, le=1)
 
     def to_runtime(self) -> TriageConfig:
         return TriageConfig(**self.model_dump())

@@ -24,6 +24,9 @@ LAA_THRESHOLD_HU = -950.0
 # Above this fraction of the lung below -950 HU, emphysema is reported as an incidental finding.
 EMPHYSEMA_REPORT_FRACTION = 0.05
 SUSPICIOUS_MALIGNANCY = 0.9
+# The committed detector's operating point of 1 false positive per scan on its held-out cohort
+# (threshold_1fp = 0.905 in model_repository/lung_nodule_detector/evaluation.json).
+REPORT_THRESHOLD = 0.9
 # A first or last slice holding more lung than this share of the widest slice cuts the lungs.
 CUT_LUNG_AREA_FRACTION = 0.15
 
@@ -32,7 +35,7 @@ CUT_LUNG_AREA_FRACTION = 0.15
 class TriageConfig:
     """Which candidates count as findings and when a malignancy looks suspicious."""
 
-    report_threshold: float = 0.5
+    report_threshold: float = REPORT_THRESHOLD
     suspicious_malignancy: float = SUSPICIOUS_MALIGNANCY
 
 
