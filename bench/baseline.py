@@ -31,7 +31,6 @@ def run_baseline(
     study_dirs: list[Path], detector: Checkpoint, classifier: Checkpoint, out: Path
 ) -> dict[str, Any]:
     """Screen ``study_dirs`` the plain way; returns seconds per stage and the row count."""
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     det, cls = detector.build(), classifier.build()
     runner = TorchRunner({classifier.spec.name: cls})
     load = LoadImage(reader="PydicomReader", image_only=True)

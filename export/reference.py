@@ -7,7 +7,6 @@ on synthetic data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,5 +109,5 @@ def write_model_cards(repository: Path, evaluation: Evaluation, workdir: Path, c
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "README.md").write_text(text)
         written.append(model_dir / "README.md")
-    (det_dir / "evaluation.json").write_text(json.dumps(json.loads(evaluation.to_json()), indent=2))
+    (det_dir / "evaluation.json").write_text(evaluation.to_json())
     return written

@@ -335,13 +335,12 @@ def train_classifier(
     studies: Sequence[CachedStudy],
     cfg: TrainConfig,
     log: Log = print,
-    extra_negatives: Sequence[CropSample] = (),
 ) -> Checkpoint:
     """Train the candidate classifier; returns its checkpoint."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed + 1)
-    samples = classifier_samples(studies, rng, bank=nodule_bank(studies)) + list(extra_negatives)
+    samples = classifier_samples(studies, rng, bank=nodule_bank(studies))
     images = torch.from_numpy(np.stack([s.image for s in samples])[:, None])
     target = {
         "is_nodule": torch.tensor([s.is_nodule for s in samples], dtype=torch.float32),

@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 import tritonclient.grpc as grpcclient
 from distributed import Client, LocalCluster, as_completed, get_worker
 
-from export.networks import CLASSIFIER_NAME, DETECTOR_NAME
 from pipeline.config import JobConfig
 from pipeline.errors import ReasonCode, ServerTimeoutError
 from pipeline.index import OK, build_index, iter_studies
@@ -394,6 +393,3 @@ def _counts(values: list[str]) -> dict[str, int]:
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-__all__ = ["CLASSIFIER_NAME", "DETECTOR_NAME", "RunSummary", "new_run_id", "run_screen"]
