@@ -60,7 +60,7 @@ def cohort(cfg: BenchConfig) -> Path:
     path = WORK / f"cohort-{cfg.profile}-{cfg.studies}-{cfg.seed}"
     if not (path / "truth_studies.parquet").exists():
         console.print(f"generating {cfg.studies} {cfg.profile} studies in {path}")
-        generate_cohort(path, cfg.studies, cfg.seed, cfg.profile)
+        generate_cohort(path, cfg.studies, cfg.seed, cfg.profile, workers=cfg.workers)
     return path
 
 

@@ -8,7 +8,9 @@ measured on what it will see in production.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,21 +108,38 @@ def load_cached(path: Path) -> CachedStudy:
         )
 
 
-def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec) -> list[Path]:
-    """Cache every study of a clean synthetic cohort (skipping those already cached)."""
+def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: int = 1) -> list[Path]:
+    """Cache every study of a clean synthetic cohort (skipping those already cached).
+
+    ``workers`` caches studies in that many processes.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     findings = pq.read_table(cohort_dir / "truth.parquet").to_pylist()
     studies = pq.read_table(cohort_dir / "truth_studies.parquet").to_pylist()
-    paths = []
-    for study in studies:
-        path = cache_dir / f"{study['study_dir']}.npz"
-        if not path.exists():
-            rows = [f for f in findings if f["study_dir"] == study["study_dir"]]
-            tmp = path.with_name(path.stem + ".partial.npz")
-            cache_study(cohort_dir / study["study_dir"], rows, spec, tmp)
-            tmp.rename(path)
-        paths.append(path)
+    paths = [cache_dir / f"{study['study_dir']}.npz" for study in studies]
+    todo = [
+        (
+            cohort_dir / study["study_dir"],
+            [f for f in findings if f["study_dir"] == study["study_dir"]],
+            spec,
+            path,
+        )
+        for study, path in zip(studies, paths, strict=True)
+        if not path.exists()
+    ]
+    if workers <= 1:
+        for args in todo:
+            _cache_one(*args)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_cache_one, *zip(*todo, strict=True)))
     return paths
+
+
+def _cache_one(study_dir: Path, rows: list[dict], spec: ModelSpec, path: Path) -> Path:
+    tmp = path.with_name(path.stem + ".partial.npz")
+    cache_study(study_dir, rows, spec, tmp)
+    return tmp.rename(path)
 
 
 def iter_cached(paths: list[Path]) -> Iterator[CachedStudy]:

@@ -32,7 +32,7 @@ def demo_command(
     seed: int = typer.Option(7, help="Cohort seed."),
     profile: str = typer.Option("screening", help="Synthetic profile: screening (512x512) or small."),
     out: Path = typer.Option(DEMO_DIR, help="Where the cohort and the run's tables go."),
-    workers: int = typer.Option(2, min=1, help="Local Dask workers."),
+    workers: int = typer.Option(2, min=1, help="Local Dask workers (and cohort rendering processes)."),
 ) -> None:
     """Generate a cohort, screen it through local Triton and Dask, and show the worklist."""
     from synth.cohort import generate_cohort
@@ -42,7 +42,7 @@ def demo_command(
     if not (cohort / "truth_studies.parquet").exists():
         console.print(f"Generating {studies} synthetic studies ({profile}) in {cohort} ...")
         faults = {i: f for i, f in DEMO_FAULTS.items() if i < studies}
-        summary = generate_cohort(cohort, studies, seed, profile, faults=faults)
+        summary = generate_cohort(cohort, studies, seed, profile, faults=faults, workers=workers)
         console.print(f"  {summary.studies} studies, {summary.findings} nodules, faults {summary.faults}")
     else:
         console.print(f"Reusing the cohort in {cohort}")

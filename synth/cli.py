@@ -33,6 +33,7 @@ def synth_command(
         f"{len(FAULT_NAMES)} studies one fault each. Known: {', '.join(FAULT_NAMES)}.",
     ),
     preview: bool = typer.Option(False, "--preview", help="Also write OUT/preview.png through a nodule."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes rendering studies (same cohort)."),
 ) -> None:
     """Generate a synthetic chest CT cohort (DICOM + truth.parquet). SYNTHETIC DATA, not patients."""
     from synth.cohort import generate_cohort
@@ -41,7 +42,7 @@ def synth_command(
     if profile not in PROFILES:
         raise typer.BadParameter(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     try:
-        summary = generate_cohort(out, studies, seed, profile, parse_faults(faults))
+        summary = generate_cohort(out, studies, seed, profile, parse_faults(faults), workers)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console = Console()

@@ -9,9 +9,11 @@ At most one study's volumes are in memory at any time.
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import shutil
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -427,13 +429,27 @@ def iter_studies(
     seed: int,
     profile: str = "screening",
     faults: Sequence[str | None] | Mapping[int, str | None] | str | None = None,
+    workers: int = 1,
 ) -> Iterator[StudyTruth]:
-    """Write studies ``0..studies-1`` one at a time, yielding each study's truth."""
+    """Write studies ``0..studies-1``, yielding each study's truth in index order.
+
+    With ``workers > 1`` studies render in that many processes; each study depends only on its
+    index and the seed, so the cohort is the same whatever the number of workers.
+    """
     get_profile(profile)
     per_study = normalize_faults(studies, faults)
     Path(out).mkdir(parents=True, exist_ok=True)
-    for i in range(studies):
-        yield generate_study(i, seed, profile, per_study[i], out=Path(out))
+    if workers <= 1:
+        for i in range(studies):
+            yield generate_study(i, seed, profile, per_study[i], out=Path(out))
+        return
+    # spawn, not fork: the parent may hold threads (torch, Dask) that a fork would copy mid-state
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [
+            pool.submit(generate_study, i, seed, profile, per_study[i], out=Path(out)) for i in range(studies)
+        ]
+        for job in jobs:
+            yield job.result()
 
 
 def generate_cohort(
@@ -442,15 +458,19 @@ def generate_cohort(
     seed: int,
     profile: str = "screening",
     faults: Sequence[str | None] | Mapping[int, str | None] | str | None = None,
+    workers: int = 1,
 ) -> CohortSummary:
-    """Write a whole cohort and its truth tables (``truth.parquet``, ``truth_studies.parquet``)."""
+    """Write a whole cohort and its truth tables (``truth.parquet``, ``truth_studies.parquet``).
+
+    ``workers`` renders studies in parallel processes (same cohort, see :func:`iter_studies`).
+    """
     import time
 
     t0 = time.perf_counter()
     out = Path(out)
     study_rows: list[dict[str, Any]] = []
     finding_rows: list[dict[str, Any]] = []
-    for truth in iter_studies(out, studies, seed, profile, faults):
+    for truth in iter_studies(out, studies, seed, profile, faults, workers):
         study_rows.append(truth.study)
         finding_rows.extend(truth.findings)
     truth_path = out / "truth.parquet"

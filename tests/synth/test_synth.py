@@ -252,6 +252,18 @@ def test_same_seed_same_pixels_other_seed_other_pixels(cohort, tmp_path: Path) -
     assert common and not all(a[k].shape == c[k].shape and np.array_equal(a[k], c[k]) for k in common)
 
 
+def test_parallel_rendering_writes_the_same_cohort(cohort, tmp_path: Path) -> None:
+    summary, studies, nodules = cohort
+    parallel = generate_cohort(tmp_path / "p", 3, SEED, PROFILE, [s["fault"] for s in studies[:3]], workers=2)
+    assert pq.read_table(parallel.studies_path).to_pylist() == studies[:3]
+    assert pq.read_table(parallel.truth_path).to_pylist() == [
+        n for n in nodules if n["study_dir"] in {s["study_dir"] for s in studies[:3]}
+    ]
+    for study in studies[:3]:
+        a, b = _pixels(summary.out / study["study_dir"]), _pixels(parallel.out / study["study_dir"])
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 # --- faults -----------------------------------------------------------------------------
 
 
