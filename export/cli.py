@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -10,7 +11,9 @@ from rich.console import Console
 from export.checkpoint import Checkpoint
 from export.model_export import build_plans, export_checkpoint
 from export.onnx import ParityError
+from export.reference import ReferenceRecipe
 from export.tensorrt import Precision, TensorRTUnavailable
+from pipeline.analysis import CANDIDATE_THRESHOLD
 from pipeline.serving import PROJECT_ROOT
 
 console = Console()
@@ -88,43 +91,64 @@ def build_plans_command(
 
 
 DEFAULT_WORKDIR = PROJECT_ROOT / ".cache" / "models"
+_RECIPE = ReferenceRecipe()
 
 
 def train_command(
     workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where cohorts, caches and checkpoints go."),
-    train_studies: int = typer.Option(48, min=1, help="Synthetic training studies."),
-    detector_steps: int = typer.Option(1200, min=1, help="Detector optimisation steps."),
-    classifier_steps: int = typer.Option(1500, min=1, help="Classifier optimisation steps."),
+    train_studies: int = typer.Option(_RECIPE.train_studies, min=1, help="Synthetic training studies."),
+    detector_steps: int = typer.Option(_RECIPE.detector.steps, min=1, help="Detector optimisation steps."),
+    classifier_steps: int = typer.Option(
+        _RECIPE.classifier.steps, min=1, help="Classifier optimisation steps."
+    ),
     profile: str = typer.Option("screening", help="Synthetic cohort profile."),
+    device: str = typer.Option("cpu", help="Torch device to train on: cpu, cuda, cuda:1 ..."),
+    workers: int = typer.Option(1, min=1, help="Processes rendering and caching the cohort."),
+    loader_workers: int = typer.Option(0, min=0, help="Processes making detector batches (0: none)."),
 ) -> None:
-    """Train both reference models on a synthetic cohort (seeded; CPU-feasible)."""
-    from export.reference import ReferenceRecipe, TrainConfig, train_reference
+    """Train both reference models on a synthetic cohort (seeded; CPU-feasible, faster on a GPU)."""
+    from export.reference import train_reference
 
-    recipe = ReferenceRecipe(
+    if device.startswith("cuda") and not _cuda_available():
+        console.print(f"[red]--device {device}: this torch build sees no CUDA device.[/red]")
+        raise typer.Exit(2)
+    recipe = replace(
+        _RECIPE,
         train_studies=train_studies,
         profile=profile,
-        detector=TrainConfig(steps=detector_steps),
-        classifier=TrainConfig(steps=classifier_steps, learning_rate=1e-3),
+        workers=workers,
+        detector=replace(
+            _RECIPE.detector, steps=detector_steps, device=device, loader_workers=loader_workers
+        ),
+        classifier=replace(_RECIPE.classifier, steps=classifier_steps, device=device),
     )
     workdir.mkdir(parents=True, exist_ok=True)
     det, cls = train_reference(workdir, recipe, console.print)
     console.print(f"checkpoints: {det} {cls}")
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def evaluate_command(
     workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where `lungscreen train` left its checkpoints."),
     eval_studies: int = typer.Option(24, min=1, help="Held-out synthetic studies (a seed never trained on)."),
     profile: str = typer.Option("screening", help="Synthetic cohort profile."),
-    threshold: float = typer.Option(0.2, min=0.0, max=1.0, help="Detector threshold for candidates."),
+    threshold: float = typer.Option(
+        CANDIDATE_THRESHOLD, min=0.0, max=1.0, help="Detector threshold for candidates (the job's default)."
+    ),
     repository: Path = typer.Option(DEFAULT_REPOSITORY, help="Where the model cards are written."),
     cards: bool = typer.Option(True, help="Write the model cards and FROC curve into the repository."),
 ) -> None:
     """Evaluate the trained models on a held-out synthetic cohort (FROC, CPM, AUC, type accuracy)."""
     from export.networks import CLASSIFIER_SPEC, DETECTOR_SPEC
-    from export.reference import ReferenceRecipe, evaluate_reference, write_model_cards
+    from export.reference import evaluate_reference, write_model_cards
     from pipeline.analysis import AnalysisConfig
 
-    recipe = ReferenceRecipe(eval_studies=eval_studies, profile=profile)
+    recipe = replace(_RECIPE, eval_studies=eval_studies, profile=profile)
     result = evaluate_reference(
         workdir / f"{DETECTOR_SPEC.name}.pt",
         workdir / f"{CLASSIFIER_SPEC.name}.pt",

@@ -51,7 +51,6 @@ DETECTOR_SPEC = ModelSpec(
         TensorIO(name="image", shape=(1, *DETECTOR_PATCH), meaning="HU window -1000..400 scaled to 0..1"),
     ),
     outputs=(TensorIO(name="logits", shape=(1, *DETECTOR_PATCH), meaning="nodule logit per voxel"),),
-    extra={"candidate_threshold": 0.5},
 )
 
 CLASSIFIER_SPEC = ModelSpec(

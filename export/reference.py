@@ -31,26 +31,31 @@ class ReferenceRecipe:
     train_studies: int = 48
     eval_studies: int = 24
     profile: str = "screening"
-    detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200))
-    classifier: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, learning_rate=1e-3))
+    detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2400, batch=8))
+    classifier: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1500, batch=32, learning_rate=1e-3)
+    )
+    workers: int = 1  # processes rendering and caching the cohorts
 
 
-def make_cohort(out: Path, studies: int, seed: int, profile: str, log: Log) -> Path:
+def make_cohort(out: Path, studies: int, seed: int, profile: str, log: Log, workers: int = 1) -> Path:
     """Generate a clean synthetic cohort once (kept when its truth tables exist)."""
     from synth.cohort import generate_cohort
 
     if (out / "truth_studies.parquet").exists():
         return out
     log(f"generating {studies} synthetic studies (seed {seed}, profile {profile}) in {out}")
-    summary = generate_cohort(out, studies, seed, profile)
+    summary = generate_cohort(out, studies, seed, profile, workers=workers)
     log(f"generated {summary.studies} studies with {summary.findings} nodules in {summary.seconds:.0f} s")
     return out
 
 
 def train_reference(workdir: Path, recipe: ReferenceRecipe, log: Log = print) -> tuple[Path, Path]:
     """Train both models; returns the detector and classifier checkpoint paths."""
-    cohort = make_cohort(workdir / "train-cohort", recipe.train_studies, TRAIN_SEED, recipe.profile, log)
-    paths = cache_cohort(cohort, workdir / "train-cache", DETECTOR_SPEC)
+    cohort = make_cohort(
+        workdir / "train-cohort", recipe.train_studies, TRAIN_SEED, recipe.profile, log, recipe.workers
+    )
+    paths = cache_cohort(cohort, workdir / "train-cache", DETECTOR_SPEC, recipe.workers)
     studies = [load_cached(p) for p in paths]
     log(f"training on {len(studies)} studies, {sum(len(s.nodules) for s in studies)} nodules")
     detector = train_detector(studies, recipe.detector, log)
@@ -71,8 +76,10 @@ def evaluate_reference(
     log: Log = print,
 ) -> Evaluation:
     """Evaluate both checkpoints on the held-out cohort; writes evaluation.json and froc.png."""
-    cohort = make_cohort(workdir / "eval-cohort", recipe.eval_studies, EVAL_SEED, recipe.profile, log)
-    paths = cache_cohort(cohort, workdir / "eval-cache", DETECTOR_SPEC)
+    cohort = make_cohort(
+        workdir / "eval-cohort", recipe.eval_studies, EVAL_SEED, recipe.profile, log, recipe.workers
+    )
+    paths = cache_cohort(cohort, workdir / "eval-cache", DETECTOR_SPEC, recipe.workers)
     detector, classifier = Checkpoint.load(detector_path), Checkpoint.load(classifier_path)
     runner = TorchRunner({DETECTOR_SPEC.name: detector.build(), CLASSIFIER_SPEC.name: classifier.build()})
     result = evaluate(iter_cached(paths), detector.spec, classifier.spec, runner, cfg)

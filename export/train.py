@@ -1,8 +1,9 @@
 """Training of the two reference models on cached synthetic studies (CPU-feasible, seeded).
 
 The detector learns a nodule mask (spheres of the truth diameter) from 3D patches sampled half
-on nodules and half on hard negatives (vessels, chest wall, mediastinum inside the lung box),
-with MONAI dictionary transforms for sampling and augmentation. The classifier learns, on crops
+around nodules (uniformly per nodule) and half on hard negatives (vessels, chest wall,
+mediastinum inside the lung box), with nodule-balanced loss weights and MONAI dictionary
+transforms for augmentation. The classifier learns, on crops
 around true nodules and around hard negatives, whether a candidate is a nodule, its malignancy
 (the synthetic rule's score as a soft target) and its type.
 """
@@ -18,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceLoss
 from monai.transforms import (
     Compose,
     RandAxisFlipd,
-    RandCropByPosNegLabeld,
     RandGaussianNoised,
     RandRotate90d,
     RandScaleIntensityd,
@@ -53,32 +53,41 @@ class TrainConfig:
     """Hyper-parameters of one training run (recorded in the checkpoint)."""
 
     steps: int = 1200
-    batch_volumes: int = 2
-    samples_per_volume: int = 4
+    batch: int = 8  # patches (detector) or crops (classifier) per step
     patch: tuple[int, int, int] = (48, 48, 48)
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
     threads: int = 2
-    paste_probability: float = 0.5  # share of negative patches that get a pasted training nodule
+    positive_fraction: float = 0.5  # share of detector patches around a real training nodule
+    paste_probability: float = 0.5  # share of the other patches that get a pasted training nodule
+    # Each nodule's voxels together weigh as much as those of a nodule of this diameter (at
+    # most ``max_voxel_weight`` each), so a 4 mm nodule matters as much as a 25 mm one.
+    balance_diameter_mm: float = 12.0
+    max_voxel_weight: float = 50.0
+    device: str = "cpu"
+    loader_workers: int = 0  # batch-making processes (0: in the training process)
 
 
 def code_version() -> str:
-    """The git commit the training ran from ("unknown" outside a checkout)."""
+    """The git commit the training ran from, ``+modified`` when tracked files differed from it
+    ("unknown" outside a checkout)."""
     try:
-        out = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
+        ).stdout.strip()
+        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        dirty = subprocess.run(status, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return out.stdout.strip()
+    return f"{head}+modified" if dirty else head
 
 
-def sphere_label(shape: Sequence[int], study: CachedStudy) -> np.ndarray:
-    """1 inside a sphere of each truth nodule's diameter, 0 elsewhere."""
-    label = np.zeros(tuple(shape), dtype=np.float32)
+def nodule_index_volume(shape: Sequence[int], study: CachedStudy) -> np.ndarray:
+    """``k + 1`` inside a sphere of truth nodule ``k``'s diameter, 0 elsewhere (uint8)."""
+    label = np.zeros(tuple(shape), dtype=np.uint8)
     spacing = np.asarray(study.spacing)
-    for nod in study.nodules:
+    for k, nod in enumerate(study.nodules):
         radius = nod.diameter_mm / 2.0
         lo = np.maximum(np.floor(np.asarray(nod.center_ijk) - radius / spacing - 1).astype(int), 0)
         hi = np.minimum(np.ceil(np.asarray(nod.center_ijk) + radius / spacing + 2).astype(int), shape)
@@ -87,8 +96,14 @@ def sphere_label(shape: Sequence[int], study: CachedStudy) -> np.ndarray:
         grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
         dist2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, nod.center_ijk, spacing, strict=True))
         sub = label[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        sub[dist2 <= max(radius, 0.75 * spacing.min()) ** 2] = 1.0
+        sub[dist2 <= max(radius, 0.75 * spacing.min()) ** 2] = k + 1
     return label
+
+
+def nodule_voxel_weight(voxels: float, spacing: Sequence[float], cfg: TrainConfig) -> float:
+    """Loss weight of each voxel of a nodule of ``voxels`` voxels (see ``balance_diameter_mm``)."""
+    reference = np.pi / 6.0 * cfg.balance_diameter_mm**3 / float(np.prod(spacing))
+    return float(np.clip(reference / max(voxels, 1.0), 1.0, cfg.max_voxel_weight))
 
 
 def _dense_level() -> float:
@@ -131,6 +146,7 @@ class BankNodule:
     mask: np.ndarray
     type_index: int
     malignancy: float
+    spacing: tuple[float, float, float]
 
 
 def nodule_bank(studies: Sequence[CachedStudy]) -> list[BankNodule]:
@@ -156,7 +172,7 @@ def nodule_bank(studies: Sequence[CachedStudy]) -> list[BankNodule]:
             weight = np.clip((r + 1.5 - dist) / 1.5, 0.0, 1.0)
             excess = (np.clip(cube - background, 0.0, None) * weight).astype(np.float32)
             mask = (dist <= max(r, 0.75 * spacing.min())).astype(np.float32)
-            bank.append(BankNodule(excess, mask, n.type_index, n.malignancy_score))
+            bank.append(BankNodule(excess, mask, n.type_index, n.malignancy_score, s.spacing))
     return bank
 
 
@@ -184,23 +200,15 @@ def paste_nodule(
     return tuple(int(c) for c in center)  # type: ignore[return-value]
 
 
-def detector_sampler(cfg: TrainConfig) -> Compose:
-    """Positive/negative patch sampling and augmentation (MONAI dictionary transforms)."""
+_PATCH_KEYS = ("image", "label", "weight")
+
+
+def detector_augmentation() -> Compose:
+    """Flips, axial 90-degree turns and intensity jitter (MONAI dictionary transforms)."""
     return Compose(
         [
-            RandCropByPosNegLabeld(
-                keys=("image", "label"),
-                label_key="label",
-                spatial_size=cfg.patch,
-                pos=1.0,
-                neg=1.0,
-                num_samples=cfg.samples_per_volume,
-                fg_indices_key="fg",
-                bg_indices_key="bg",
-                allow_smaller=True,
-            ),
-            RandAxisFlipd(keys=("image", "label"), prob=0.5),
-            RandRotate90d(keys=("image", "label"), prob=0.5, spatial_axes=(0, 1)),
+            RandAxisFlipd(keys=_PATCH_KEYS, prob=0.5),
+            RandRotate90d(keys=_PATCH_KEYS, prob=0.5, spatial_axes=(0, 1)),
             RandScaleIntensityd(keys="image", factors=0.08, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.03, prob=0.5),
             RandGaussianNoised(keys="image", std=0.015, prob=0.3),
@@ -208,37 +216,146 @@ def detector_sampler(cfg: TrainConfig) -> Compose:
     )
 
 
+@dataclass
+class _DetectorStudy:
+    image: np.ndarray
+    index: np.ndarray  # nodule_index_volume
+    weights: np.ndarray  # voxel weight per nodule index (0: background)
+    centers: np.ndarray  # (n, 3) truth centres in voxels
+    negatives: np.ndarray  # flat hard-negative indices
+
+
+class DetectorPatches:
+    """Makes detector training batches: patches, sphere labels and nodule-balanced weights.
+
+    A share of the patches is centred near a real nodule, chosen uniformly among nodules (not
+    voxels, which would favour the large ones); the rest are centred on hard negatives, half of
+    them with a bank nodule pasted in.
+    """
+
+    def __init__(self, studies: Sequence[CachedStudy], cfg: TrainConfig, rng: np.random.Generator) -> None:
+        self.cfg = cfg
+        self.bank = nodule_bank(studies)
+        self.bank_weights = [nodule_voxel_weight(float(b.mask.sum()), b.spacing, cfg) for b in self.bank]
+        self.studies = []
+        for s in studies:
+            index = nodule_index_volume(s.image.shape, s)
+            voxels = np.bincount(index.ravel(), minlength=len(s.nodules) + 1)
+            weights = np.array(
+                [1.0] + [nodule_voxel_weight(float(v), s.spacing, cfg) for v in voxels[1:]], dtype=np.float32
+            )
+            centers = np.array([n.center_ijk for n in s.nodules], dtype=np.float64).reshape(-1, 3)
+            self.studies.append(
+                _DetectorStudy(s.image, index, weights, centers, hard_negative_indices(s, rng))
+            )
+        self.augment = detector_augmentation()
+
+    def patch(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One augmented patch as ``{"image", "label", "weight"}`` (each ``(1, *patch)``)."""
+        cfg = self.cfg
+        with_nodules = [s for s in self.studies if len(s.centers)]
+        size = np.asarray(cfg.patch)
+        if with_nodules and rng.uniform() < cfg.positive_fraction:
+            s = with_nodules[rng.integers(len(with_nodules))]
+            center = s.centers[rng.integers(len(s.centers))] + rng.uniform(-1, 1, 3) * size / 4
+        else:
+            s = self.studies[rng.integers(len(self.studies))]
+            center = np.asarray(np.unravel_index(s.negatives[rng.integers(len(s.negatives))], s.image.shape))
+        image = crop_around(s.image, center, cfg.patch)
+        index = crop_around(s.index, center, cfg.patch).astype(np.int64)
+        label = (index > 0).astype(np.float32)
+        weight = s.weights[index]
+        if self.bank and not label.any() and rng.uniform() < cfg.paste_probability:
+            k = int(rng.integers(len(self.bank)))
+            pasted = np.zeros_like(label)
+            if paste_nodule(image, pasted, self.bank[k], rng) is not None:
+                label = np.maximum(label, pasted)
+                weight = np.where(pasted > 0, self.bank_weights[k], weight).astype(np.float32)
+        sample = {"image": image[None], "label": label[None], "weight": weight[None]}
+        self.augment.set_random_state(seed=int(rng.integers(2**31)))
+        return {k: np.asarray(v, dtype=np.float32) for k, v in self.augment(sample).items()}
+
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``cfg.batch`` patches stacked as (image, label, weight) tensors of shape (B, 1, *patch)."""
+        patches = [self.patch(rng) for _ in range(self.cfg.batch)]
+        return tuple(
+            torch.from_numpy(np.stack([p[k] for p in patches])) for k in ("image", "label", "weight")
+        )  # type: ignore[return-value]
+
+
+class _BatchStream(torch.utils.data.IterableDataset):
+    """Endless batches from a batch function, seeded per loader worker."""
+
+    def __init__(self, make: Callable[[np.random.Generator], Any], seed: int) -> None:
+        self.make, self.seed = make, seed
+
+    def __iter__(self) -> Any:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            yield self.make(rng)
+
+
+def batches(make: Callable[[np.random.Generator], Any], cfg: TrainConfig) -> Callable[[], Any]:
+    """A ``next_batch`` function: in-process, or from ``cfg.loader_workers`` processes."""
+    if cfg.loader_workers == 0:
+        rng = np.random.default_rng(cfg.seed)
+        return lambda: make(rng)
+    loader = torch.utils.data.DataLoader(
+        _BatchStream(make, cfg.seed),
+        batch_size=None,
+        num_workers=cfg.loader_workers,
+        prefetch_factor=4,
+        persistent_workers=True,
+        pin_memory=cfg.device.startswith("cuda"),
+    )
+    stream = iter(loader)
+    return lambda: next(stream)
+
+
+def detector_loss(logits: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Nodule-balanced binary cross-entropy plus Dice over the whole batch.
+
+    The weights keep small nodules from drowning in the voxels of large ones; batch Dice
+    (not per patch: it is degenerate on the many nodule-free patches) keeps the mask's extent,
+    which the job measures diameters and volumes from.
+    """
+    label, weight = target
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, label, weight=weight, reduction="sum")
+    return bce / weight.sum() + _DICE(logits, label)
+
+
+_DICE = DiceLoss(sigmoid=True, squared_pred=True, batch=True, smooth_nr=1e-4, smooth_dr=1e-4)
+
+
+# Share of nodule voxels the detector's output starts at. Behind instance norm the output
+# logit moves only ~lr per step: from 0 (p = 0.5 everywhere) it took most of a CPU training
+# budget just to learn that almost every voxel is background.
+OUTPUT_PRIOR = 0.01
+
+
+def init_output_prior(net: nn.Module, prior: float) -> None:
+    """Set the bias of the network's last convolution to the log-odds of ``prior``."""
+    last = [m for m in net.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)][-1]
+    if last.bias is None:
+        raise ValueError(f"{type(net).__name__}'s output convolution has no bias to initialise")
+    nn.init.constant_(last.bias, math.log(prior / (1.0 - prior)))
+
+
 def train_detector(studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = print) -> Checkpoint:
     """Train the nodule detector; returns its checkpoint."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    rng = np.random.default_rng(cfg.seed)
-    items = []
-    for s in studies:
-        label = sphere_label(s.image.shape, s)
-        items.append(
-            {
-                "image": s.image[None],
-                "label": label[None],
-                "fg": np.flatnonzero(label) if label.any() else hard_negative_indices(s, rng, 64),
-                "bg": hard_negative_indices(s, rng),
-            }
-        )
-    sampler = detector_sampler(cfg)
-    sampler.set_random_state(seed=cfg.seed)
-    bank = nodule_bank(studies)
+    patches = DetectorPatches(studies, cfg, np.random.default_rng(cfg.seed))
+    next_batch = batches(patches.batch, cfg)
     net = build_module(DETECTOR_FACTORY, DETECTOR_KWARGS)
-    # Dice over the whole batch: per-patch Dice is degenerate on the many nodule-free patches
-    # (any predicted mass costs the full loss) and teaches the network to predict nothing.
-    loss_fn = DiceCELoss(sigmoid=True, squared_pred=True, batch=True, smooth_nr=1e-4, smooth_dr=1e-4)
-    history = _fit(
-        net,
-        lambda: _detector_batch(items, sampler, rng, cfg, bank),
-        lambda out, target: loss_fn(out, target),
-        cfg,
-        log,
-        "detector",
-    )
+    init_output_prior(net, OUTPUT_PRIOR)
+
+    def split() -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        image, label, weight = next_batch()
+        return image, (label, weight)
+
+    history = _fit(net, split, detector_loss, cfg, log, "detector")
     return Checkpoint(
         DETECTOR_FACTORY,
         DETECTOR_KWARGS,
@@ -251,26 +368,6 @@ def train_detector(studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = 
             **history,
         },
     )
-
-
-def _detector_batch(
-    items: list[dict[str, Any]],
-    sampler: Compose,
-    rng: np.random.Generator,
-    cfg: TrainConfig,
-    bank: Sequence[BankNodule],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    chosen = rng.choice(len(items), size=cfg.batch_volumes, replace=False)
-    crops = [c for i in chosen for c in sampler(items[i])]
-    images, labels = [], []
-    for c in crops:
-        image = np.array(c["image"][0], dtype=np.float32)
-        label = np.array(c["label"][0], dtype=np.float32)
-        if bank and label.max() == 0 and rng.uniform() < cfg.paste_probability:
-            paste_nodule(image, label, bank[rng.integers(len(bank))], rng)
-        images.append(image)
-        labels.append(label)
-    return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(labels)[:, None])
 
 
 @dataclass(frozen=True)
@@ -294,8 +391,11 @@ def classifier_samples(
     out: list[CropSample] = []
     for s in studies:
         for nod in s.nodules:
-            for _ in range(4):
-                jitter = rng.normal(0.0, 1.0, size=3)
+            # The detector's centre of a large (often juxtapleural) nodule is off by a few mm,
+            # and large nodules are rare: more crops, with jitter growing with the radius.
+            radius_vox = nod.diameter_mm / 2.0 / float(np.mean(s.spacing))
+            for _ in range(4 if nod.diameter_mm < 15.0 else 12):
+                jitter = rng.normal(0.0, max(1.0, radius_vox / 4.0), size=3)
                 crop = crop_around(s.image, np.asarray(nod.center_ijk) + jitter, CLASSIFIER_CROP)
                 out.append(CropSample(crop, 1.0, nod.malignancy_score, nod.type_index))
         negatives = hard_negative_indices(s, rng, limit=negatives_per_study * 4)
@@ -347,10 +447,9 @@ def train_classifier(
         "malignancy": torch.tensor([s.malignancy for s in samples], dtype=torch.float32),
         "type": torch.tensor([max(s.type_index, 0) for s in samples], dtype=torch.int64),
     }
-    batch = cfg.batch_volumes * cfg.samples_per_volume * 4
 
     def next_batch() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        idx = torch.from_numpy(rng.choice(len(samples), size=min(batch, len(samples)), replace=False))
+        idx = torch.from_numpy(rng.choice(len(samples), size=min(cfg.batch, len(samples)), replace=False))
         x = images[idx]
         for axis in (2, 3, 4):  # flips along each axis keep nodule shape statistics
             if rng.uniform() < 0.5:
@@ -384,25 +483,45 @@ def _fit(
     log: Log,
     name: str,
 ) -> dict[str, Any]:
-    """AdamW with a cosine schedule; returns the loss history for the checkpoint."""
+    """AdamW with a cosine schedule on ``cfg.device``; returns the loss history for the checkpoint.
+
+    The network ends on the CPU, in eval mode, so checkpoints never hold device tensors.
+    """
+    device = torch.device(cfg.device)
+    net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
     )
     net.train()
     losses: list[float] = []
+    every = max(50, cfg.steps // 40)
     started = time.monotonic()
     for step in range(1, cfg.steps + 1):
         x, target = next_batch()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), target)
+        loss = loss_fn(net(_to(x, device)), _to(target, device))
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if step % 50 == 0 or step == cfg.steps:
-            recent = float(np.mean(losses[-50:]))
+        if step % every == 0 or step == cfg.steps:
+            recent = float(np.mean(losses[-every:]))
             log(f"{name} step {step}/{cfg.steps} loss {recent:.4f} ({time.monotonic() - started:.0f} s)")
-    net.eval()
-    return {"loss_history": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
-            "train_seconds": time.monotonic() - started}  # fmt: skip
+    net.to("cpu").eval()
+    return {"loss_history": [float(np.mean(losses[i : i + every])) for i in range(0, len(losses), every)],
+            "train_seconds": time.monotonic() - started, "device": _device_name(device)}  # fmt: skip
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

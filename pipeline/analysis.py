@@ -29,11 +29,16 @@ class ModelRunner(Protocol):
         ...
 
 
+# Detector probability above which connected voxels form a candidate. `lungscreen evaluate`
+# measures the model cards' figures at this same value, so they describe what the job does.
+CANDIDATE_THRESHOLD = 0.5
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """Knobs of the per-study analysis (validated in ``pipeline.config``)."""
 
-    candidate_threshold: float = 0.5
+    candidate_threshold: float = CANDIDATE_THRESHOLD
     max_candidates: int = 32
     detector_batch: int = 4
     classifier_batch: int = 8

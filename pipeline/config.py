@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from export.networks import CLASSIFIER_NAME, DETECTOR_NAME
-from pipeline.analysis import AnalysisConfig
+from pipeline.analysis import CANDIDATE_THRESHOLD, AnalysisConfig
 from pipeline.errors import LungscreenError
 from pipeline.triage import REPORT_THRESHOLD, SUSPICIOUS_MALIGNANCY, TriageConfig
 
@@ -37,7 +37,7 @@ class TritonSettings(_Section):
 class AnalysisSettings(_Section):
     """Candidate extraction and batching."""
 
-    candidate_threshold: float = Field(0.5, gt=0, lt=1)
+    candidate_threshold: float = Field(CANDIDATE_THRESHOLD, gt=0, lt=1)
     max_candidates: int = Field(32, ge=1)
     detector_batch: int = Field(4, ge=1)
     classifier_batch: int = Field(8, ge=1)

@@ -1,0 +1,126 @@
+"""Training pieces: labels, nodule-balanced weights, patch sampling, the output prior, devices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from export.checkpoint import build_module
+from export.dataset import CachedStudy, TruthNodule
+from export.networks import DETECTOR_FACTORY, DETECTOR_KWARGS
+from export.train import (
+    DetectorPatches,
+    TrainConfig,
+    detector_loss,
+    init_output_prior,
+    nodule_index_volume,
+    nodule_voxel_weight,
+    train_detector,
+)
+
+SPACING = (1.5, 1.5, 1.5)
+SOFT, LUNG, AIR = 0.7, 0.1, 0.0  # 0..1 levels of the -1000..400 HU window
+
+
+def toy_study(diameters: tuple[float, ...] = (4.5, 15.0)) -> CachedStudy:
+    """A box body with two air-filled lungs and solid nodules in the right one."""
+    image = np.full((80, 64, 64), AIR, dtype=np.float32)
+    image[4:76, 4:60, 4:60] = SOFT
+    image[10:38, 12:52, 10:54] = LUNG
+    image[42:70, 12:52, 10:54] = LUNG
+    rng = np.random.default_rng(0)
+    image += rng.normal(0, 0.01, image.shape).astype(np.float32)
+    nodules = []
+    for k, d in enumerate(diameters):
+        center = (24.0, 22.0 + 18.0 * k, 32.0)
+        grid = np.indices(image.shape).astype(np.float32)
+        dist = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(grid, center, SPACING, strict=True)))
+        image[dist <= d / 2] = SOFT
+        lps = tuple(c * s for c, s in zip(center, SPACING, strict=True))
+        nodules.append(TruthNodule(center, lps, d, 0, d > 10, 0.8 if d > 10 else 0.1))  # type: ignore[arg-type]
+    affine = np.diag([*SPACING, 1.0])
+    box = (slice(8, 72), slice(10, 54), slice(8, 56))
+    return CachedStudy("toy", image, affine, SPACING, box, tuple(nodules))
+
+
+def test_index_volume_marks_each_nodule_with_its_number() -> None:
+    study = toy_study()
+    index = nodule_index_volume(study.image.shape, study)
+    for k, nod in enumerate(study.nodules):
+        assert index[tuple(int(c) for c in nod.center_ijk)] == k + 1
+        voxels = int((index == k + 1).sum())
+        sphere = math.pi / 6 * nod.diameter_mm**3 / np.prod(SPACING)
+        assert 0.6 * sphere < voxels < 1.6 * sphere
+    assert index[0, 0, 0] == 0
+
+
+def test_small_nodules_weigh_as_much_as_large_ones_up_to_the_cap() -> None:
+    cfg = TrainConfig(balance_diameter_mm=12.0, max_voxel_weight=50.0)
+    per_voxel = {d: nodule_voxel_weight(math.pi / 6 * d**3 / 3.375, SPACING, cfg) for d in (3, 5, 8, 12, 25)}
+    assert per_voxel[25] == per_voxel[12] == 1.0  # never below plain BCE
+    assert per_voxel[3] == 50.0  # capped
+    assert per_voxel[5] > per_voxel[8] > per_voxel[12]
+    total = {d: w * math.pi / 6 * d**3 / 3.375 for d, w in per_voxel.items()}
+    assert total[5] == pytest.approx(total[8]) == pytest.approx(total[12])
+
+
+def test_patches_are_balanced_and_weighted() -> None:
+    cfg = TrainConfig(patch=(32, 32, 32), batch=24, positive_fraction=0.5, paste_probability=0.0)
+    patches = DetectorPatches([toy_study()], cfg, np.random.default_rng(0))
+    image, label, weight = patches.batch(np.random.default_rng(1))
+    assert image.shape == label.shape == weight.shape == (24, 1, 32, 32, 32)
+    with_nodule = label.flatten(1).amax(1) > 0
+    assert 4 <= int(with_nodule.sum()) <= 20
+    assert torch.all(weight[label == 0] == 1.0)
+    assert weight[label == 1].max() > 5.0  # the 4.5 mm nodule's voxels
+    # positives are drawn per nodule, not per voxel: the small one shows up about as often
+    small = (weight == weight.max()).flatten(1).any(1)
+    assert int(small.sum()) >= 2
+
+
+def test_pasting_puts_nodules_into_negative_patches() -> None:
+    cfg = TrainConfig(patch=(32, 32, 32), batch=16, positive_fraction=0.0, paste_probability=1.0)
+    patches = DetectorPatches([toy_study()], cfg, np.random.default_rng(0))
+    _, label, _ = patches.batch(np.random.default_rng(2))
+    assert int((label.flatten(1).amax(1) > 0).sum()) >= 8
+
+
+def test_output_prior_starts_the_detector_near_background() -> None:
+    torch.manual_seed(0)
+    net = build_module(DETECTOR_FACTORY, DETECTOR_KWARGS)
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        before = torch.sigmoid(net(x)).mean().item()
+        init_output_prior(net, 0.01)
+        after = torch.sigmoid(net(x)).mean().item()
+    assert before > 0.2
+    assert after < 0.05
+
+
+def test_loss_is_lower_for_the_right_answer() -> None:
+    label = torch.zeros(2, 1, 16, 16, 16)
+    label[0, 0, 6:10, 6:10, 6:10] = 1
+    weight = torch.where(label > 0, torch.tensor(10.0), torch.tensor(1.0))
+    right = detector_loss(label * 12 - 6, (label, weight))
+    wrong = detector_loss(-label * 12 + 6, (label, weight))
+    assert right < 0.1 < wrong
+
+
+@pytest.mark.slow
+def test_a_few_steps_train_and_end_on_the_cpu() -> None:
+    cfg = TrainConfig(steps=3, batch=2, patch=(32, 32, 32), threads=1)
+    ckpt = train_detector([toy_study()], cfg, log=lambda _: None)
+    assert all(t.device.type == "cpu" for t in ckpt.state_dict.values())
+    assert len(ckpt.training["loss_history"]) == 1
+    assert ckpt.training["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU training path not exercised")
+def test_training_on_cuda_returns_cpu_weights() -> None:
+    cfg = TrainConfig(steps=3, batch=2, patch=(32, 32, 32), device="cuda", loader_workers=1)
+    ckpt = train_detector([toy_study()], cfg, log=lambda _: None)
+    assert all(t.device.type == "cpu" for t in ckpt.state_dict.values())
+    assert ckpt.training["device"] != "cpu"
