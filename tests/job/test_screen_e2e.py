@@ -101,11 +101,6 @@ def test_faulty_studies_end_with_their_documented_outcome(run: Path, cohorts: Pa
     assert any(f["reason"] == "NOT_DICOM" for f in file_rows)
 
 
-@pytest.mark.xfail(
-    reason="the committed reference detector misses most nodules (CPM 0.18 on the held-out cohort, "
-    "see its model card); issue 5 stays open until it meets its goals",
-    strict=False,
-)
 def test_large_nodules_are_found_where_they_are(run: Path, cohorts: Path) -> None:
     truth = pq.read_table(cohorts / "screening" / "truth.parquet").to_pylist()
     findings = pq.read_table(run / "findings.parquet").to_pylist()
