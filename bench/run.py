@@ -12,7 +12,7 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class BenchConfig:
     repeats: int = 3
     floor_sample: int = 3
     workers: int = 2
+    scale_studies: int = 200  # peak memory at this many studies vs ``studies`` (0: skip)
+    scale_profile: str = "screening"
 
 
 def cohort(cfg: BenchConfig) -> Path:
@@ -134,6 +136,30 @@ def platform_once(path: Path, server: LocalTriton, workers: int, tag: str) -> di
     }
 
 
+def memory_scaling(cfg: BenchConfig, server: LocalTriton, first: dict[str, Any]) -> dict[str, Any]:
+    """Peak driver and worker memory at ``cfg.studies`` and ``cfg.scale_studies`` studies.
+
+    Streaming keeps both flat: a bounded number of studies is in flight whatever the cohort size.
+    """
+    runs = {}
+    for n in (cfg.studies, cfg.scale_studies):
+        if n == cfg.studies and cfg.scale_profile == cfg.profile:
+            run = first  # the same cohort was just measured
+        else:
+            path = cohort(replace(cfg, studies=n, profile=cfg.scale_profile))
+            run = platform_once(path, server, cfg.workers, f"mem{n}")
+        runs[str(n)] = {
+            k: run[k] for k in ("studies", "driver_peak_mb", "workers_peak_mb", "studies_per_min")
+        }
+    small, large = runs[str(cfg.studies)], runs[str(cfg.scale_studies)]
+    return {
+        "profile": cfg.scale_profile,
+        "runs": runs,
+        "driver_growth": large["driver_peak_mb"] / small["driver_peak_mb"],
+        "workers_growth": large["workers_peak_mb"] / small["workers_peak_mb"],
+    }
+
+
 def baseline_once(path: Path, tag: str) -> dict[str, Any]:
     """One run of the plain way, same studies, same models."""
     detector = Checkpoint.load(CHECKPOINTS / f"{DETECTOR_NAME}.pt")
@@ -171,6 +197,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     with LocalTriton(DEFAULT_REPOSITORY) as server:
         result["platform"] = [platform_once(path, server, cfg.workers, f"p{i}") for i in range(cfg.repeats)]
         result["platform_1_worker"] = platform_once(path, server, 1, "p1w")
+        if cfg.scale_studies:
+            result["memory_scaling"] = memory_scaling(cfg, server, result["platform"][0])
     result["baseline"] = [baseline_once(path, f"b{i}") for i in range(cfg.repeats)]
     p = [r["studies_per_min"] for r in result["platform"]]
     b = [r["studies_per_min"] for r in result["baseline"]]
@@ -220,6 +248,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"| preprocess (s/study) | {f['preprocess_s_per_study']:.2f} | one numpy pass "
         f"{f['numpy_pass_floor_s_per_study']:.3f} | {f['preprocess_x_floor']:.0f}x |",
     ]
+    if "memory_scaling" in result:
+        m = result["memory_scaling"]
+        (n1, a), (n2, b) = m["runs"].items()
+        rows += [
+            "",
+            f"Peak memory at {n1} vs {n2} studies ({m['profile']} profile): driver "
+            f"{a['driver_peak_mb']:.0f} -> {b['driver_peak_mb']:.0f} MB ({m['driver_growth']:.2f}x), "
+            f"workers {a['workers_peak_mb']:.0f} -> {b['workers_peak_mb']:.0f} MB "
+            f"({m['workers_growth']:.2f}x).",
+        ]
     for model, t in p["triton"].items():
         rows.append(
             f"\nTriton `{model}`: average batch {t['avg_batch']:.2f}, queue {t['avg_queue_ms']:.1f} ms, "
@@ -233,9 +271,20 @@ def bench_command(
     repeats: int = typer.Option(3, min=1, help="Repeats of each end-to-end measurement."),
     profile: str = typer.Option("screening", help="Synthetic profile (screening = 512x512, ~300 slices)."),
     workers: int = typer.Option(2, min=1, help="Dask workers of the platform run."),
+    scale_studies: int = typer.Option(
+        200, min=0, help="Also measure peak memory at this many studies (0: skip)."
+    ),
+    scale_profile: str = typer.Option("screening", help="Synthetic profile of the memory-scaling cohorts."),
 ) -> None:
     """Benchmark the platform against the plain baseline and the physical floors."""
-    cfg = BenchConfig(studies=studies, repeats=repeats, profile=profile, workers=workers)
+    cfg = BenchConfig(
+        studies=studies,
+        repeats=repeats,
+        profile=profile,
+        workers=workers,
+        scale_studies=scale_studies,
+        scale_profile=scale_profile,
+    )
     result = run_bench(cfg)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -14,7 +14,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.triton]
 
 def test_bench_runs_on_a_tiny_cohort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench_run, "WORK", tmp_path / "work")
-    cfg = bench_run.BenchConfig(studies=2, seed=1, profile="small", repeats=1, floor_sample=1, workers=1)
+    cfg = bench_run.BenchConfig(
+        studies=2,
+        seed=1,
+        profile="small",
+        repeats=1,
+        floor_sample=1,
+        workers=1,
+        scale_studies=3,
+        scale_profile="small",
+    )
     result = bench_run.run_bench(cfg)
     summary = result["summary"]
     assert summary["platform_studies_per_min"]["median"] > 0
@@ -22,3 +31,6 @@ def test_bench_runs_on_a_tiny_cohort(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert result["floors"]["load_x_floor"] > 0
     table = bench_run.markdown(result)
     assert "Platform / baseline" in table and "| load + assemble" in table
+    scaling = result["memory_scaling"]
+    assert set(scaling["runs"]) == {"2", "3"} and scaling["runs"]["3"]["studies"] == 3
+    assert "Peak memory at 2 vs 3 studies" in table
