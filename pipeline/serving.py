@@ -165,6 +165,15 @@ def is_ready(http_url: str, timeout_s: float = 2.0) -> bool:
     return True
 
 
+def accepts_connections(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """True when something listens on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def wait_until_ready(http_url: str, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> None:
     """Poll a (possibly remote) server until ready or raise :class:`ServerTimeoutError`."""
     deadline = time.monotonic() + timeout_s
@@ -344,7 +353,9 @@ class LocalTriton:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 self._raise_exited()
-            if is_ready(self.http_url):
+            # Triton opens its metrics port after HTTP answers "ready"; on a busy machine a caller
+            # scraping right after start() found nothing listening there yet.
+            if is_ready(self.http_url) and accepts_connections(self._client_host, self.ports.metrics):
                 return
             failures = parse_load_failures(self.log_text())
             if failures:
