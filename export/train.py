@@ -248,15 +248,15 @@ class DetectorPatches:
             self.studies.append(
                 _DetectorStudy(s.image, index, weights, centers, hard_negative_indices(s, rng))
             )
+        self.with_nodules = [s for s in self.studies if len(s.centers)]
         self.augment = detector_augmentation()
 
     def patch(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One augmented patch as ``{"image", "label", "weight"}`` (each ``(1, *patch)``)."""
         cfg = self.cfg
-        with_nodules = [s for s in self.studies if len(s.centers)]
         size = np.asarray(cfg.patch)
-        if with_nodules and rng.uniform() < cfg.positive_fraction:
-            s = with_nodules[rng.integers(len(with_nodules))]
+        if self.with_nodules and rng.uniform() < cfg.positive_fraction:
+            s = self.with_nodules[rng.integers(len(self.with_nodules))]
             center = s.centers[rng.integers(len(s.centers))] + rng.uniform(-1, 1, 3) * size / 4
         else:
             s = self.studies[rng.integers(len(self.studies))]
