@@ -69,5 +69,7 @@ def run_baseline(
         seconds["preprocess"] += t2 - t1
         seconds["inference"] += t3 - t2
         seconds["postprocess"] += t4 - t3
+    t5 = time.perf_counter()
     pq.write_table(pa.Table.from_pylist(rows), out)
+    seconds["write"] = time.perf_counter() - t5
     return {"seconds": seconds, "total_s": time.perf_counter() - started, "rows": len(rows)}

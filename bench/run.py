@@ -120,10 +120,12 @@ def platform_once(path: Path, server: LocalTriton, workers: int, tag: str) -> di
     import pyarrow.parquet as pq
 
     studies = pq.read_table(dest / "studies.parquet")
-    stage = {
+    stage = {"index": summary.driver_seconds["index"] / max(summary.studies, 1)}
+    stage |= {
         s: float(np.mean(studies[f"{s}_s"].to_numpy()))
         for s in ("load", "preprocess", "inference", "postprocess")
     }
+    stage["write"] = summary.driver_seconds["write"] / max(summary.studies, 1)
     return {
         "studies": summary.studies,
         "seconds": seconds,
@@ -229,10 +231,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"| peak memory, driver / workers (MB) | {p['driver_peak_mb']:.0f} / {p['workers_peak_mb']:.0f} | "
         f"{b['peak_mb']:.0f} |",
     ]
-    for stage in ("load", "preprocess", "inference", "postprocess"):
+    for stage in ("index", "load", "preprocess", "inference", "postprocess", "write"):
+        where = "driver" if stage in ("index", "write") else "in-worker"
+        base = b["stage_s_per_study"].get(stage)
         rows.append(
-            f"| {stage} s/study (in-worker) | {p['stage_s_per_study'][stage]:.2f} | "
-            f"{b['stage_s_per_study'][stage]:.2f} |"
+            f"| {stage} s/study ({where}) | {p['stage_s_per_study'][stage]:.3f} | "
+            + (f"{base:.3f} |" if base is not None else "- |")
         )
     rows += [
         "",

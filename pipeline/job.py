@@ -62,6 +62,9 @@ class RunSummary:
     seconds: float = 0.0
     dashboard: str | None = None
     complete: bool = False
+    # Driver-side stages (the in-worker ones are per-study columns of ``studies``): seconds spent
+    # indexing the source and writing result rows, part files and the final tables.
+    driver_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def new_run_id() -> str:
@@ -152,6 +155,7 @@ def run_screen(
     run_id = run_id or new_run_id()
     metrics = metrics or JobMetrics()
     started = time.time()
+    driver_seconds = {"index": 0.0, "write": 0.0}
     metrics.run_start.set(started)
     writer = RunWriter(dest, cfg.sinks.part_size)
     writer.claim(run_id)
@@ -164,7 +168,8 @@ def run_screen(
         metrics.model_info.labels(model=ctx.detector.name, version=ctx.detector_version).set(1)
         metrics.model_info.labels(model=ctx.classifier.name, version=ctx.classifier_version).set(1)
         client.register_plugin(TritonWorkerPlugin(url, cfg.triton))
-        index = _index(source, writer, client)
+        with _stopwatch(driver_seconds, "index"):
+            index = _index(source, writer, client)
         if not writer.has_file_failures():
             writer.add("failures", _file_failures(index, run_id))
         done_before = writer.done_study_keys()
@@ -197,21 +202,34 @@ def run_screen(
         for future in ac:
             metrics.in_flight.dec()
             outcome = _result(future, submitted.pop(future.key), run_id)
-            _record(outcome, writer, metrics)
+            with _stopwatch(driver_seconds, "write"):
+                _record(outcome, writer, metrics)
             counts["done"] += 1
             counts["failed"] += outcome.status != "ok"
             metrics.run_done.set(counts["done"])
             if progress:
                 progress(counts["done"], counts["failed"], total, ac.count())
             submit_next(ac)
-        writer.flush()
-    summary = finalize(writer, run_id, total, cfg, ctx, started, source)
+        with _stopwatch(driver_seconds, "write"):
+            writer.flush()
+    with _stopwatch(driver_seconds, "write"):
+        summary = finalize(writer, run_id, total, cfg, ctx, started, source)
     summary.skipped_resumed = len(done_before)
+    summary.driver_seconds = driver_seconds
     metrics.run_end.set(time.time())
     metrics.run_success.set(1 if summary.complete else 0)
     if summary.complete:
         metrics.last_success.set(time.time())
     return summary
+
+
+@contextlib.contextmanager
+def _stopwatch(totals: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        totals[stage] += time.perf_counter() - start
 
 
 def _index(source: str, writer: RunWriter, client: Client) -> pa.Table:
