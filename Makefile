@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # the system libpython of that version.
 STUB_PYVER := 3.11
 
-.PHONY: help setup demo test test-fast serve lint format clean models bench
+.PHONY: help setup demo test test-fast serve lint format clean models bench bench-gpu
 MODELS_WORKDIR := .cache/models
 
 help:  ## List the targets
@@ -83,6 +83,9 @@ models: setup  ## Train, evaluate and export the reference models
 # Never part of `make test`: performance is measured here, not by timed tests.
 bench: setup  ## Benchmark the platform against the plain baseline (writes bench/results/)
 	$(VENV)/bin/lungscreen bench
+
+bench-gpu: setup  ## The GPU profile (TensorRT plans): studies/min, patches/s, GPU use; skips without a GPU
+	$(VENV)/bin/lungscreen bench-gpu
 
 lint: setup  ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -5,11 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
 from pipeline.serving import http_json
+
+
+class TritonEndpoints(Protocol):
+    """A ready Triton server: a :class:`~pipeline.serving.LocalTriton` or one running elsewhere."""
+
+    @property
+    def grpc_url(self) -> str: ...
+
+    @property
+    def http_url(self) -> str: ...
 
 
 @dataclass

@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 
 from bench.baseline import run_baseline
-from bench.measure import TreeSampler, stats_delta, timed, triton_stats
+from bench.measure import TreeSampler, TritonEndpoints, stats_delta, timed, triton_stats
 from export.checkpoint import Checkpoint
 from export.dataset import thin_series_files
 from export.networks import CLASSIFIER_NAME, DETECTOR_NAME, DETECTOR_SPEC
@@ -107,7 +107,7 @@ def stage_floors(path: Path, cfg: BenchConfig) -> dict[str, Any]:
     return out
 
 
-def platform_once(path: Path, server: LocalTriton, workers: int, tag: str) -> dict[str, Any]:
+def platform_once(path: Path, server: TritonEndpoints, workers: int, tag: str) -> dict[str, Any]:
     """One screening run through the platform; throughput, CPU, memory, Triton statistics."""
     dest = WORK / "runs" / f"{tag}-{int(time.time() * 1000)}"
     cfg = load_config(None, {"dask": {"n_workers": workers}})
@@ -138,7 +138,7 @@ def platform_once(path: Path, server: LocalTriton, workers: int, tag: str) -> di
     }
 
 
-def memory_scaling(cfg: BenchConfig, server: LocalTriton, first: dict[str, Any]) -> dict[str, Any]:
+def memory_scaling(cfg: BenchConfig, server: TritonEndpoints, first: dict[str, Any]) -> dict[str, Any]:
     """Peak driver and worker memory at ``cfg.studies`` and ``cfg.scale_studies`` studies.
 
     Streaming keeps both flat: a bounded number of studies is in flight whatever the cohort size.

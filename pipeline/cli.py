@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from bench.gpu import bench_gpu_command
 from bench.run import bench_command
 from export.cli import build_plans_command, evaluate_command, export_command, train_command
 from pipeline.cli_index import index_command
@@ -37,6 +38,7 @@ app.command("evaluate")(evaluate_command)
 app.command("export")(export_command)
 app.command("build-plans")(build_plans_command)
 app.command("bench")(bench_command)
+app.command("bench-gpu")(bench_gpu_command)
 
 
 if __name__ == "__main__":
