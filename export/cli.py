@@ -105,6 +105,12 @@ def train_command(
     device: str = typer.Option("cpu", help="Torch device to train on: cpu, cuda, cuda:1 ..."),
     workers: int = typer.Option(1, min=1, help="Processes rendering and caching the cohort."),
     loader_workers: int = typer.Option(0, min=0, help="Processes making detector batches (0: none)."),
+    detector_from: Path = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Reuse this detector checkpoint; train the classifier only.",
+    ),
 ) -> None:
     """Train both reference models on a synthetic cohort (seeded; CPU-feasible, faster on a GPU)."""
     from export.reference import train_reference
@@ -123,7 +129,7 @@ def train_command(
         classifier=replace(_RECIPE.classifier, steps=classifier_steps, device=device),
     )
     workdir.mkdir(parents=True, exist_ok=True)
-    det, cls = train_reference(workdir, recipe, console.print)
+    det, cls = train_reference(workdir, recipe, console.print, detector_from)
     console.print(f"checkpoints: {det} {cls}")
 
 

@@ -16,7 +16,7 @@ from export.dataset import cache_cohort, iter_cached, load_cached
 from export.evaluate import Evaluation, TorchRunner, evaluate, plot_froc
 from export.networks import CLASSIFIER_SPEC, DETECTOR_SPEC
 from export.spec import SYNTHETIC_DATA_NOTICE
-from export.train import TrainConfig, train_classifier, train_detector
+from export.train import TrainConfig, mine_candidates, mined_counts, train_classifier, train_detector
 from pipeline.analysis import AnalysisConfig
 
 TRAIN_SEED = 1001
@@ -36,6 +36,7 @@ class ReferenceRecipe:
         default_factory=lambda: TrainConfig(steps=1500, batch=32, learning_rate=1e-3)
     )
     workers: int = 1  # processes rendering and caching the cohorts
+    mine_candidates: bool = True  # classifier also learns on the trained detector's candidates
 
 
 def make_cohort(out: Path, studies: int, seed: int, profile: str, log: Log, workers: int = 1) -> Path:
@@ -50,18 +51,36 @@ def make_cohort(out: Path, studies: int, seed: int, profile: str, log: Log, work
     return out
 
 
-def train_reference(workdir: Path, recipe: ReferenceRecipe, log: Log = print) -> tuple[Path, Path]:
-    """Train both models; returns the detector and classifier checkpoint paths."""
+def train_reference(
+    workdir: Path, recipe: ReferenceRecipe, log: Log = print, detector_from: Path | None = None
+) -> tuple[Path, Path]:
+    """Train both models; returns the detector and classifier checkpoint paths.
+
+    ``detector_from`` reuses an already trained detector checkpoint (for example one trained on
+    a GPU machine) instead of training one; the classifier is always trained here, on the
+    candidates that detector finds in the training studies when the recipe mines them.
+    """
     cohort = make_cohort(
         workdir / "train-cohort", recipe.train_studies, TRAIN_SEED, recipe.profile, log, recipe.workers
     )
     paths = cache_cohort(cohort, workdir / "train-cache", DETECTOR_SPEC, recipe.workers)
     studies = [load_cached(p) for p in paths]
     log(f"training on {len(studies)} studies, {sum(len(s.nodules) for s in studies)} nodules")
-    detector = train_detector(studies, recipe.detector, log)
-    detector.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
-    det_path = detector.save(workdir / f"{DETECTOR_SPEC.name}.pt")
-    classifier = train_classifier(studies, recipe.classifier, log)
+    det_path = workdir / f"{DETECTOR_SPEC.name}.pt"
+    if detector_from is None:
+        detector = train_detector(studies, recipe.detector, log)
+        detector.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
+        detector.save(det_path)
+    else:
+        detector = Checkpoint.load(detector_from)
+        if detector_from.resolve() != det_path.resolve():
+            detector.save(det_path)
+        log(f"detector reused from {detector_from}")
+    mined = None
+    if recipe.mine_candidates:
+        mined = mine_candidates(studies, detector)
+        log(f"detector candidates in the training studies: {mined_counts(mined)}")
+    classifier = train_classifier(studies, recipe.classifier, log, mined)
     classifier.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
     cls_path = classifier.save(workdir / f"{CLASSIFIER_SPEC.name}.pt")
     return det_path, cls_path

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch import nn
 
 from export.checkpoint import Checkpoint, build_module
 from export.dataset import CachedStudy
+from export.evaluate import TorchRunner
 from export.networks import (
     CLASSIFIER_CROP,
     CLASSIFIER_FACTORY,
@@ -42,8 +43,9 @@ from export.networks import (
     DETECTOR_KWARGS,
     DETECTOR_SPEC,
 )
+from pipeline.analysis import AnalysisConfig, detect
 from pipeline.postprocess import SOLID_HU, crop_around
-from pipeline.preprocess import LUNG_HU_THRESHOLD, lung_region
+from pipeline.preprocess import LUNG_HU_THRESHOLD, lung_box, lung_region
 
 Log = Callable[[str], None]
 
@@ -371,6 +373,43 @@ def train_detector(studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = 
 
 
 @dataclass(frozen=True)
+class MinedCandidate:
+    """A candidate the trained detector finds in a training study, as the job would find it."""
+
+    center_ijk: tuple[float, float, float]
+    nodule: int | None  # the truth nodule it hits (LUNA16: centre within the radius); None: a false positive
+
+
+def mine_candidates(
+    studies: Sequence[CachedStudy], detector: Checkpoint, cfg: AnalysisConfig | None = None
+) -> dict[str, list[MinedCandidate]]:
+    """Run the trained detector over the training studies and label its candidates.
+
+    The classifier then learns on crops centred where the detector puts them: its false positives
+    are the negatives that matter in deployment, and its hits are off-centre on large nodules.
+    """
+    cfg = cfg or AnalysisConfig()
+    runner = TorchRunner({detector.spec.name: detector.build()})
+    out: dict[str, list[MinedCandidate]] = {}
+    for study in studies:
+        pre = study.preprocessed
+        candidates, _, _ = detect(pre, detector.spec, runner, cfg, lung_box(pre, detector.spec))
+        out[study.key] = [MinedCandidate(c.center_ijk, _hit(c.center_ijk, study)) for c in candidates]
+    return out
+
+
+def _hit(center_ijk: Sequence[float], study: CachedStudy) -> int | None:
+    best: tuple[float, int] | None = None
+    for i, nod in enumerate(study.nodules):
+        dist = float(
+            np.linalg.norm((np.asarray(center_ijk) - np.asarray(nod.center_ijk)) * np.asarray(study.spacing))
+        )
+        if dist <= nod.diameter_mm / 2.0 and (best is None or dist < best[0]):
+            best = (dist, i)
+    return None if best is None else best[1]
+
+
+@dataclass(frozen=True)
 class CropSample:
     """One classifier training example."""
 
@@ -386,10 +425,23 @@ def classifier_samples(
     negatives_per_study: int = 40,
     pasted_per_study: int = 12,
     bank: Sequence[BankNodule] = (),
+    mined: Mapping[str, Sequence[MinedCandidate]] | None = None,
+    crops_per_mined: int = 3,
 ) -> list[CropSample]:
-    """Crops at true nodules (with jitter) and at hard negatives, as in deployment."""
+    """Crops at true nodules (with jitter), at hard negatives and, when given, at the trained
+    detector's own candidates (:func:`mine_candidates`), as in deployment."""
     out: list[CropSample] = []
     for s in studies:
+        for cand in (mined or {}).get(s.key, ()):
+            for _ in range(crops_per_mined):
+                crop = crop_around(
+                    s.image, np.asarray(cand.center_ijk) + rng.normal(0.0, 1.0, size=3), CLASSIFIER_CROP
+                )
+                if cand.nodule is None:
+                    out.append(CropSample(crop, 0.0, 0.0, -1))
+                else:
+                    nod = s.nodules[cand.nodule]
+                    out.append(CropSample(crop, 1.0, nod.malignancy_score, nod.type_index))
         for nod in s.nodules:
             # The detector's centre of a large (often juxtapleural) nodule is off by a few mm,
             # and large nodules are rare: more crops, with jitter growing with the radius.
@@ -435,12 +487,13 @@ def train_classifier(
     studies: Sequence[CachedStudy],
     cfg: TrainConfig,
     log: Log = print,
+    mined: Mapping[str, Sequence[MinedCandidate]] | None = None,
 ) -> Checkpoint:
-    """Train the candidate classifier; returns its checkpoint."""
+    """Train the candidate classifier (on the detector's mined candidates too, when given)."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed + 1)
-    samples = classifier_samples(studies, rng, bank=nodule_bank(studies))
+    samples = classifier_samples(studies, rng, bank=nodule_bank(studies), mined=mined)
     images = torch.from_numpy(np.stack([s.image for s in samples])[:, None])
     target = {
         "is_nodule": torch.tensor([s.is_nodule for s in samples], dtype=torch.float32),
@@ -469,10 +522,22 @@ def train_classifier(
             "config": asdict(cfg),
             "studies": [s.key for s in studies],
             "samples": len(samples),
+            "mined_candidates": mined_counts(mined),
             "code_version": code_version(),
             **history,
         },
     )
+
+
+def mined_counts(mined: Mapping[str, Sequence[MinedCandidate]] | None) -> dict[str, int] | None:
+    """How many mined candidates hit a nodule and how many are false positives."""
+    if mined is None:
+        return None
+    every = [c for cands in mined.values() for c in cands]
+    return {
+        "hits": sum(c.nodule is not None for c in every),
+        "false_positives": sum(c.nodule is None for c in every),
+    }
 
 
 def _fit(

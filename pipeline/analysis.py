@@ -96,8 +96,27 @@ def analyze(
     cfg: AnalysisConfig = AnalysisConfig(),
 ) -> Analysis:
     """Detect, measure and classify nodule candidates in one preprocessed study."""
-    t0 = time.perf_counter()
     box = lung_box(pre, detector)
+    candidates, patches, timings = detect(pre, detector, runner, cfg, box)
+    t2 = time.perf_counter()
+    findings = classify(pre, candidates, classifier, runner, cfg, box)
+    timings["classify"] = time.perf_counter() - t2
+    findings.sort(key=lambda f: f.score, reverse=True)
+    return Analysis(findings, patches, timings)
+
+
+def detect(
+    pre: Preprocessed,
+    detector: ModelSpec,
+    runner: ModelRunner,
+    cfg: AnalysisConfig,
+    box: tuple[slice, slice, slice],
+) -> tuple[list[Candidate], int, dict[str, float]]:
+    """The detector over the lung box, stitched, gated to the lungs and cut into candidates.
+
+    Returns the candidates, the number of patches and the seconds of each part.
+    """
+    t0 = time.perf_counter()
     grid = plan_patches(pre.array.shape, detector.patch_size, detector.overlap, box)
     probs = sliding_window(
         pre.array,
@@ -112,12 +131,7 @@ def analyze(
     candidates = extract_candidates(
         probs, pre, detector, threshold=cfg.candidate_threshold, max_candidates=cfg.max_candidates
     )
-    t2 = time.perf_counter()
-    findings = classify(pre, candidates, classifier, runner, cfg, box)
-    t3 = time.perf_counter()
-    findings.sort(key=lambda f: f.score, reverse=True)
-    timings = {"detect": t1 - t0, "candidates": t2 - t1, "classify": t3 - t2}
-    return Analysis(findings, len(grid.windows), timings)
+    return candidates, len(grid.windows), {"detect": t1 - t0, "candidates": time.perf_counter() - t1}
 
 
 def classify(

@@ -8,18 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from export.checkpoint import build_module
+from export.checkpoint import Checkpoint, build_module
 from export.dataset import CachedStudy, TruthNodule
 from export.networks import DETECTOR_FACTORY, DETECTOR_KWARGS
 from export.train import (
     DetectorPatches,
+    MinedCandidate,
     TrainConfig,
+    classifier_samples,
     detector_loss,
     init_output_prior,
+    mine_candidates,
+    mined_counts,
     nodule_index_volume,
     nodule_voxel_weight,
     train_detector,
 )
+from pipeline.serving import PROJECT_ROOT
 
 SPACING = (1.5, 1.5, 1.5)
 SOFT, LUNG, AIR = 0.7, 0.1, 0.0  # 0..1 levels of the -1000..400 HU window
@@ -107,6 +112,30 @@ def test_loss_is_lower_for_the_right_answer() -> None:
     right = detector_loss(label * 12 - 6, (label, weight))
     wrong = detector_loss(-label * 12 + 6, (label, weight))
     assert right < 0.1 < wrong
+
+
+def test_mined_candidates_become_crops_with_their_labels() -> None:
+    study = toy_study()
+    mined = {"toy": [MinedCandidate((24.0, 40.5, 32.0), 1), MinedCandidate((60.0, 30.0, 30.0), None)]}
+    rng = np.random.default_rng(0)
+    plain = classifier_samples([study], rng, negatives_per_study=4, pasted_per_study=0)
+    samples = classifier_samples([study], rng, negatives_per_study=4, pasted_per_study=0, mined=mined)
+    assert len(samples) > len(plain) >= 8  # truth crops and random negatives are still there
+    extra = samples[:6]  # a study's mined candidates come first, three jittered crops each
+    assert [x.is_nodule for x in extra] == [1.0] * 3 + [0.0] * 3
+    assert all(x.malignancy == 0.8 and x.type_index == 0 for x in extra[:3])  # the 15 mm nodule's labels
+    assert mined_counts(mined) == {"hits": 1, "false_positives": 1}
+
+
+@pytest.mark.slow
+def test_the_reference_detector_mines_the_large_toy_nodule_as_a_hit() -> None:
+    detector = Checkpoint.load(PROJECT_ROOT / "export" / "checkpoints" / "lung_nodule_detector.pt")
+    study = toy_study()
+    mined = mine_candidates([study], detector)["toy"]
+    hits = [c for c in mined if c.nodule is not None]
+    assert [c.nodule for c in hits] == [1]
+    offset = np.subtract(hits[0].center_ijk, study.nodules[1].center_ijk) * SPACING
+    assert np.linalg.norm(offset) <= study.nodules[1].diameter_mm / 2
 
 
 @pytest.mark.slow
