@@ -209,6 +209,11 @@ def scan_batch(source: CohortSource, entries: Sequence[FileEntry]) -> list[dict[
     return rows
 
 
+def scan_batch_table(source: CohortSource, entries: Sequence[FileEntry]) -> pa.Table:
+    """:func:`scan_batch` as an index table, the form workers send back to the driver."""
+    return rows_to_table(scan_batch(source, entries))
+
+
 def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     """A table with :data:`INDEX_SCHEMA` from row dicts (missing keys become nulls)."""
     return pa.Table.from_pylist([dict(r) for r in rows], schema=INDEX_SCHEMA)
@@ -255,11 +260,18 @@ def build_index(
         entries = [e for e in entries if e.url not in done]
     batches = _batches(entries, batch_size)
     if client is not None and batches:
-        futures = client.map(scan_batch, [source] * len(batches), batches, pure=False)
-        results = client.gather(futures)
+        from distributed import as_completed
+
+        # Workers send compact Arrow tables, taken one at a time: gathering every batch's row
+        # dicts at once grew the driver by ~600 MB for 61k files (measured), with the cohort.
+        futures = client.map(scan_batch_table, [source] * len(batches), batches, pure=False)
+        parts = []
+        for future in as_completed(futures):
+            parts.append(future.result())
+            future.release()
     else:
-        results = [scan_batch(source, batch) for batch in batches]
-    scanned = rows_to_table(row for batch in results for row in batch)
+        parts = [scan_batch_table(source, batch) for batch in batches]
+    scanned = pa.concat_tables(parts) if parts else rows_to_table([])
     table = pa.concat_tables([reused, scanned]) if reused is not None else scanned
     return table.sort_by("url").replace_schema_metadata(INDEX_SCHEMA.metadata)
 
