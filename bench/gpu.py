@@ -15,10 +15,8 @@ container (``LUNGSCREEN_TRITON_HOME=/opt/tritonserver``) or behind ``--triton-ur
 from __future__ import annotations
 
 import datetime as dt
-import json
 import statistics
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import typer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.measure import TritonEndpoints
-from bench.run import RESULTS, BenchConfig, cohort, platform_once, spread
+from bench.run import BenchConfig, cohort, platform_once, spread, write_results
 from export.networks import DETECTOR_NAME
 from pipeline.job import DEFAULT_REPOSITORY
 from pipeline.serving import LocalTriton, Profile, TritonInstall
@@ -214,10 +212,4 @@ def bench_gpu_command(
     except GpuBenchSkipped as e:
         console.print(f"GPU benchmark skipped: {e}.")
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    (RESULTS / f"gpu-{stamp}.json").write_text(json.dumps(result, indent=2))
-    table = gpu_markdown(result)
-    (RESULTS / f"gpu-{stamp}.md").write_text(table)
-    console.print(table)
-    console.print(f"results: {RESULTS / ('gpu-' + stamp)}.json / .md")
+    write_results(result, gpu_markdown(result), prefix="gpu-")

@@ -290,10 +290,15 @@ def bench_command(
         scale_profile=scale_profile,
     )
     result = run_bench(cfg)
+    write_results(result, markdown(result))
+
+
+def write_results(result: dict[str, Any], table: str, prefix: str = "") -> Path:
+    """``bench/results/<prefix><UTC time>.json`` and ``.md``; prints the table. Returns the stem."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    (RESULTS / f"{stamp}.md").write_text(table)
+    stem = RESULTS / (prefix + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"))
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(table)
     console.print(table)
-    console.print(f"results: {RESULTS / stamp}.json / .md")
+    console.print(f"results: {stem}.json / .md")
+    return stem

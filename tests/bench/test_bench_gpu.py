@@ -66,3 +66,13 @@ def test_gpu_bench_runs_on_a_tiny_cohort(tmp_path: Path, monkeypatch: pytest.Mon
     assert run["studies"] == 2 and run["detector_patches_per_s"] > 0
     assert run["gpu_utilization"] is not None
     assert "detector patches per second" in bench_gpu.gpu_markdown(result)
+
+
+def test_results_are_written_as_json_and_markdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import run as bench_run
+
+    monkeypatch.setattr(bench_run, "RESULTS", tmp_path)
+    stem = bench_run.write_results({"studies_per_min": 1.5}, "| a |\n", prefix="gpu-")
+    assert stem.name.startswith("gpu-")
+    assert stem.with_suffix(".json").read_text().strip().endswith("}")
+    assert stem.with_suffix(".md").read_text() == "| a |\n"
