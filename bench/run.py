@@ -141,7 +141,8 @@ def platform_once(path: Path, server: TritonEndpoints, workers: int, tag: str) -
 def memory_scaling(cfg: BenchConfig, server: TritonEndpoints, first: dict[str, Any]) -> dict[str, Any]:
     """Peak driver and worker memory at ``cfg.studies`` and ``cfg.scale_studies`` studies.
 
-    Streaming keeps both flat: a bounded number of studies is in flight whatever the cohort size.
+    Streaming bounds the studies in flight whatever the cohort size, so both should stay flat;
+    these figures show whether they do (growth above 1x is cohort-sized state somewhere).
     """
     runs = {}
     for n in (cfg.studies, cfg.scale_studies):
