@@ -74,12 +74,19 @@ class TreeSource:
     root: str
 
     def list_files(self) -> Iterator[FileEntry]:
-        """Yield the files below ``root`` sorted by path (hidden files and folders included)."""
-        found = self.fs.find(self.root, detail=True)
-        for path in sorted(found):
-            info = found[path]
-            if info.get("type", "file") == "file":
-                yield FileEntry(_url(self.fs, path), int(info.get("size") or 0), _version(info))
+        """Yield the files below ``root`` folder by folder (hidden ones included).
+
+        Names are sorted within a folder; a folder's files come before its subfolders. Listing
+        one folder at a time keeps memory at the size of the largest folder, not of the cohort.
+        """
+        for _, folders, files in self.fs.walk(self.root, detail=True):
+            ordered = sorted(folders.items())  # walk descends in the order left in ``folders``
+            folders.clear()
+            folders.update(ordered)
+            for name in sorted(files):
+                info = files[name]
+                if info.get("type", "file") == "file":
+                    yield FileEntry(_url(self.fs, info["name"]), int(info.get("size") or 0), _version(info))
 
     def open(self, url: str) -> BinaryIO:
         """Open ``url`` (as listed) for binary reading."""

@@ -105,7 +105,42 @@ def test_dask_gives_the_same_index(cohort: Path) -> None:
         Client(cluster) as client,
     ):
         parallel = build_index(source, client=client, batch_size=3)
+        # Every batch unchanged: rows come back from the earlier index, none goes to a worker.
+        again = build_index(source, client=client, batch_size=3, previous=parallel)
     assert parallel.equals(build_index(source))
+    assert again.equals(parallel)
+
+
+class _CountingSource:
+    """A source that counts how many entries its listing has yielded so far."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.fs, self.listed = inner, inner.fs, 0
+
+    def list_files(self):
+        for entry in self.inner.list_files():
+            self.listed += 1
+            yield entry
+
+    def open(self, url: str):
+        return self.inner.open(url)
+
+
+def test_listing_streams_into_the_scan(cohort: Path, monkeypatch) -> None:
+    """The first batch is scanned before the listing goes further: no cohort-sized file list."""
+    import pipeline.index as index_module
+
+    source = _CountingSource(open_source(str(cohort)))
+    original = index_module.scan_batch_table
+    listed_at_scan: list[int] = []
+
+    def scan(src, entries):
+        listed_at_scan.append(source.listed)
+        return original(src, entries)
+
+    monkeypatch.setattr(index_module, "scan_batch_table", scan)
+    table = build_index(source, batch_size=4)
+    assert listed_at_scan[0] == 4 and table.num_rows == source.listed == 14
 
 
 def test_cli_writes_parquet(cohort: Path, tmp_path_factory) -> None:

@@ -35,6 +35,21 @@ def test_directory_lists_files_with_versions(tmp_path: Path, write_series) -> No
         assert fh.read(132)[128:] == b"DICM"
 
 
+def test_directory_lists_folder_by_folder_in_name_order(tmp_path: Path) -> None:
+    for rel in ("c/y.bin", "b.bin", "a/z/w.bin", "a/x.bin", "a.txt", ".hidden"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    urls = [e.url for e in open_source(str(tmp_path)).list_files()]
+    assert [Path(u).relative_to(tmp_path).as_posix() for u in urls] == [
+        ".hidden",
+        "a.txt",
+        "b.bin",
+        "a/x.bin",
+        "a/z/w.bin",
+        "c/y.bin",
+    ]
+
+
 MANIFEST_WRITERS = [
     ("index.parquet", pq.write_table),
     ("index.csv", pacsv.write_csv),
