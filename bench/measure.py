@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,56 +24,67 @@ class TritonEndpoints(Protocol):
     def http_url(self) -> str: ...
 
 
-@dataclass
-class TreeSampler:
-    """Samples RSS of this process (the driver) and of its descendants (workers, server).
+def tree_cpu_seconds() -> float:
+    """CPU seconds of this process, its finished children and its live descendants.
 
-    Peak memory is the largest sum seen per group; CPU seconds are read at the start and the
-    end (children that exit in between are counted through ``cpu_times().children_*``).
+    Read before and after a measurement: children that exit in between (a driver process, the
+    Dask workers it reaped) are counted through ``cpu_times().children_*``.
+    """
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+@dataclass
+class MemorySampler:
+    """Samples the RSS of a driver process and of its descendants (the Dask workers).
+
+    ``driver_peak_mb`` is the driver's peak, ``workers_peak_mb`` the largest sum over workers
+    seen at once and ``worker_peak_mb`` the largest single worker. ``timeline`` keeps one
+    ``(seconds, driver MB, [worker MB, ...])`` reading every ``timeline_every_s``, to tell a
+    plateau from growth. A Triton server below the driver is not counted: it is not the job.
     """
 
+    root: int = field(default_factory=os.getpid)
     interval_s: float = 0.2
+    timeline_every_s: float = 5.0
     driver_peak_mb: float = 0.0
     workers_peak_mb: float = 0.0
+    worker_peak_mb: float = 0.0
+    timeline: list[tuple[float, float, list[float]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _cpu_start: float = 0.0
-    cpu_seconds: float = 0.0
-
-    def _tree_cpu(self) -> float:
-        me = psutil.Process()
-        total = sum(me.cpu_times()[:4])
-        for child in me.children(recursive=True):
-            try:
-                total += sum(child.cpu_times()[:2])
-            except psutil.Error:
-                continue
-        return total
 
     def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            driver = me.memory_info().rss / 2**20
-            workers = 0.0
-            for child in me.children(recursive=True):
-                try:
-                    if "tritonserver" in child.name() or "triton_python" in child.name():
-                        continue  # the server is measured apart: it is not part of the job
-                    workers += child.memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-            self.driver_peak_mb = max(self.driver_peak_mb, driver)
-            self.workers_peak_mb = max(self.workers_peak_mb, workers)
-            self._stop.wait(self.interval_s)
+        started = time.monotonic()
+        next_mark = 0.0
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.root)
+            while not self._stop.is_set():
+                driver = root.memory_info().rss / 2**20
+                workers = []
+                for child in root.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        if "tritonserver" not in child.name() and "triton_python" not in child.name():
+                            workers.append(child.memory_info().rss / 2**20)
+                self.driver_peak_mb = max(self.driver_peak_mb, driver)
+                self.workers_peak_mb = max(self.workers_peak_mb, sum(workers))
+                self.worker_peak_mb = max(self.worker_peak_mb, max(workers, default=0.0))
+                elapsed = time.monotonic() - started
+                if elapsed >= next_mark:
+                    self.timeline.append((round(elapsed, 1), round(driver), [round(w) for w in workers]))
+                    next_mark += self.timeline_every_s
+                self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> TreeSampler:
-        self._cpu_start = self._tree_cpu()
+    def __enter__(self) -> MemorySampler:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.cpu_seconds = self._tree_cpu() - self._cpu_start
         self._stop.set()
         if self._thread:
             self._thread.join()

@@ -18,18 +18,19 @@ from typing import Any
 
 import numpy as np
 import psutil
+import pyarrow.parquet as pq
 import pydicom
 import typer
 from rich.console import Console
 
 from bench.baseline import run_baseline
-from bench.measure import TreeSampler, TritonEndpoints, stats_delta, timed, triton_stats
+from bench.driver import screen_in_process
+from bench.measure import MemorySampler, TritonEndpoints, stats_delta, timed, tree_cpu_seconds, triton_stats
 from export.checkpoint import Checkpoint
 from export.dataset import thin_series_files
 from export.networks import CLASSIFIER_NAME, DETECTOR_NAME, DETECTOR_SPEC
-from pipeline.config import load_config
 from pipeline.index import build_index
-from pipeline.job import DEFAULT_REPOSITORY, run_screen
+from pipeline.job import DEFAULT_REPOSITORY
 from pipeline.preprocess import preprocess
 from pipeline.serving import PROJECT_ROOT, LocalTriton
 from pipeline.sources import open_source
@@ -108,17 +109,15 @@ def stage_floors(path: Path, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def platform_once(path: Path, server: TritonEndpoints, workers: int, tag: str) -> dict[str, Any]:
-    """One screening run through the platform; throughput, CPU, memory, Triton statistics."""
-    dest = WORK / "runs" / f"{tag}-{int(time.time() * 1000)}"
-    cfg = load_config(None, {"dask": {"n_workers": workers}})
-    before = triton_stats(server.http_url)
-    with TreeSampler() as sampler:
-        summary, seconds = timed(
-            run_screen, str(path), str(dest), cfg, run_id=tag, triton_url=server.grpc_url
-        )
-    delta = stats_delta(before, triton_stats(server.http_url))
-    import pyarrow.parquet as pq
+    """One screening run through the platform; throughput, CPU, memory, Triton statistics.
 
+    The driver runs in a fresh process (see :mod:`bench.driver`), as ``lungscreen screen`` would.
+    """
+    dest = WORK / "runs" / f"{tag}-{int(time.time() * 1000)}"
+    before = triton_stats(server.http_url)
+    run = screen_in_process(str(path), str(dest), {"dask": {"n_workers": workers}}, tag, server.grpc_url)
+    delta = stats_delta(before, triton_stats(server.http_url))
+    summary, memory = run.summary, run.memory
     studies = pq.read_table(dest / "studies.parquet")
     stage = {"index": summary.driver_seconds["index"] / max(summary.studies, 1)}
     stage |= {
@@ -128,11 +127,13 @@ def platform_once(path: Path, server: TritonEndpoints, workers: int, tag: str) -
     stage["write"] = summary.driver_seconds["write"] / max(summary.studies, 1)
     return {
         "studies": summary.studies,
-        "seconds": seconds,
-        "studies_per_min": 60 * summary.studies / seconds,
-        "cpu_s_per_study": sampler.cpu_seconds / max(summary.studies, 1),
-        "driver_peak_mb": sampler.driver_peak_mb,
-        "workers_peak_mb": sampler.workers_peak_mb,
+        "seconds": run.seconds,
+        "studies_per_min": 60 * summary.studies / run.seconds,
+        "cpu_s_per_study": run.cpu_seconds / max(summary.studies, 1),
+        "driver_peak_mb": memory.driver_peak_mb,
+        "workers_peak_mb": memory.workers_peak_mb,
+        "worker_peak_mb": memory.worker_peak_mb,
+        "memory_timeline": memory.timeline,
         "stage_s_per_study": stage,
         "triton": {k: delta[k] for k in (DETECTOR_NAME, CLASSIFIER_NAME) if k in delta},
     }
@@ -141,8 +142,9 @@ def platform_once(path: Path, server: TritonEndpoints, workers: int, tag: str) -
 def memory_scaling(cfg: BenchConfig, server: TritonEndpoints, first: dict[str, Any]) -> dict[str, Any]:
     """Peak driver and worker memory at ``cfg.studies`` and ``cfg.scale_studies`` studies.
 
-    Streaming bounds the studies in flight whatever the cohort size, so both should stay flat;
-    these figures show whether they do (growth above 1x is cohort-sized state somewhere).
+    Streaming bounds the studies in flight whatever the cohort size; the driver also holds the
+    header index (about 0.7 KB per file). These figures show how far each stays flat; each run's
+    ``memory_timeline`` tells a plateau from growth.
     """
     runs = {}
     for n in (cfg.studies, cfg.scale_studies):
@@ -152,7 +154,15 @@ def memory_scaling(cfg: BenchConfig, server: TritonEndpoints, first: dict[str, A
             path = cohort(replace(cfg, studies=n, profile=cfg.scale_profile))
             run = platform_once(path, server, cfg.workers, f"mem{n}")
         runs[str(n)] = {
-            k: run[k] for k in ("studies", "driver_peak_mb", "workers_peak_mb", "studies_per_min")
+            k: run[k]
+            for k in (
+                "studies",
+                "driver_peak_mb",
+                "workers_peak_mb",
+                "worker_peak_mb",
+                "studies_per_min",
+                "memory_timeline",
+            )
         }
     small, large = runs[str(cfg.studies)], runs[str(cfg.scale_studies)]
     return {
@@ -160,6 +170,7 @@ def memory_scaling(cfg: BenchConfig, server: TritonEndpoints, first: dict[str, A
         "runs": runs,
         "driver_growth": large["driver_peak_mb"] / small["driver_peak_mb"],
         "workers_growth": large["workers_peak_mb"] / small["workers_peak_mb"],
+        "worker_growth": large["worker_peak_mb"] / small["worker_peak_mb"],
     }
 
 
@@ -168,14 +179,15 @@ def baseline_once(path: Path, tag: str) -> dict[str, Any]:
     detector = Checkpoint.load(CHECKPOINTS / f"{DETECTOR_NAME}.pt")
     classifier = Checkpoint.load(CHECKPOINTS / f"{CLASSIFIER_NAME}.pt")
     dirs = study_dirs(path)
-    with TreeSampler() as sampler:
+    cpu_before = tree_cpu_seconds()
+    with MemorySampler() as memory:
         result, seconds = timed(run_baseline, dirs, detector, classifier, WORK / f"baseline-{tag}.parquet")
     return {
         "studies": len(dirs),
         "seconds": seconds,
         "studies_per_min": 60 * len(dirs) / seconds,
-        "cpu_s_per_study": sampler.cpu_seconds / max(len(dirs), 1),
-        "peak_mb": sampler.driver_peak_mb,
+        "cpu_s_per_study": (tree_cpu_seconds() - cpu_before) / max(len(dirs), 1),
+        "peak_mb": memory.driver_peak_mb,
         "stage_s_per_study": {k: v / len(dirs) for k, v in result["seconds"].items()},
     }
 
@@ -260,8 +272,9 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"Peak memory at {n1} vs {n2} studies ({m['profile']} profile): driver "
             f"{a['driver_peak_mb']:.0f} -> {b['driver_peak_mb']:.0f} MB ({m['driver_growth']:.2f}x), "
-            f"workers {a['workers_peak_mb']:.0f} -> {b['workers_peak_mb']:.0f} MB "
-            f"({m['workers_growth']:.2f}x).",
+            f"workers together {a['workers_peak_mb']:.0f} -> {b['workers_peak_mb']:.0f} MB "
+            f"({m['workers_growth']:.2f}x), largest single worker {a['worker_peak_mb']:.0f} -> "
+            f"{b['worker_peak_mb']:.0f} MB ({m['worker_growth']:.2f}x).",
         ]
     for model, t in p["triton"].items():
         rows.append(

@@ -34,3 +34,8 @@ def test_bench_runs_on_a_tiny_cohort(tmp_path: Path, monkeypatch: pytest.MonkeyP
     scaling = result["memory_scaling"]
     assert set(scaling["runs"]) == {"2", "3"} and scaling["runs"]["3"]["studies"] == 3
     assert "Peak memory at 2 vs 3 studies" in table
+    # The driver ran in its own process: its memory and its one worker's were sampled there.
+    run = result["platform"][0]
+    assert run["driver_peak_mb"] > 50 and 0 < run["worker_peak_mb"] <= run["workers_peak_mb"]
+    assert run["memory_timeline"] and run["memory_timeline"][-1][2]
+    assert run["cpu_s_per_study"] > 0
