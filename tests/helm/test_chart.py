@@ -233,6 +233,15 @@ def test_runner_runs_lungscreen_screen_against_the_triton_service() -> None:
     assert svc["selector"]["dask.org/cluster-name"] == job["metadata"]["name"]
 
 
+def test_scheduler_keeps_the_jobs_short_message_log() -> None:
+    from pipeline.job import MESSAGE_LOG_LENGTH
+
+    cluster = daskjob(render("default"))["spec"]["cluster"]["spec"]
+    for spec in (cluster["scheduler"]["spec"], cluster["worker"]["spec"]):
+        env = {e["name"]: e["value"] for e in containers(spec)[0]["env"]}
+        assert env["DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH"] == str(MESSAGE_LOG_LENGTH)
+
+
 def test_worker_count_comes_from_values() -> None:
     out = helm(*template_args((), ("screening.workers.replicas=11",)))
     assert out.returncode == 0, out.stderr

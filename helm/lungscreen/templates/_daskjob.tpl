@@ -180,6 +180,9 @@ imagePullSecrets:
 
 {{/* Read-only root filesystem: everything that writes (dask, matplotlib, torch caches) goes to /tmp. */}}
 {{- define "lungscreen.jobEnv" -}}
+{{- /* Dask keeps its last N messages per connection, task arguments included; at its default
+(1000) a scheduler holds about 1000 studies' index rows. Same value as pipeline.job.MESSAGE_LOG_LENGTH. */}}
+- {name: DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH, value: "32"}
 - {name: HOME, value: /tmp}
 - {name: DASK_TEMPORARY_DIRECTORY, value: /tmp}
 - {name: MPLCONFIGDIR, value: /tmp/matplotlib}
