@@ -101,7 +101,7 @@ def train_command(
     classifier_steps: int = typer.Option(
         _RECIPE.classifier.steps, min=1, help="Classifier optimisation steps."
     ),
-    profile: str = typer.Option("screening", help="Synthetic cohort profile."),
+    profile: str = typer.Option(_RECIPE.train_profile, help="Synthetic training cohort profile."),
     device: str = typer.Option("cpu", help="Torch device to train on: cpu, cuda, cuda:1 ..."),
     workers: int = typer.Option(1, min=1, help="Processes rendering and caching the cohort."),
     loader_workers: int = typer.Option(0, min=0, help="Processes making detector batches (0: none)."),
@@ -121,7 +121,7 @@ def train_command(
     recipe = replace(
         _RECIPE,
         train_studies=train_studies,
-        profile=profile,
+        train_profile=profile,
         workers=workers,
         detector=replace(
             _RECIPE.detector, steps=detector_steps, device=device, loader_workers=loader_workers
@@ -142,7 +142,7 @@ def _cuda_available() -> bool:
 def evaluate_command(
     workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where `lungscreen train` left its checkpoints."),
     eval_studies: int = typer.Option(24, min=1, help="Held-out synthetic studies (a seed never trained on)."),
-    profile: str = typer.Option("screening", help="Synthetic cohort profile."),
+    profile: str = typer.Option(_RECIPE.eval_profile, help="Synthetic held-out cohort profile."),
     threshold: float = typer.Option(
         CANDIDATE_THRESHOLD, min=0.0, max=1.0, help="Detector threshold for candidates (the job's default)."
     ),
@@ -154,7 +154,7 @@ def evaluate_command(
     from export.reference import evaluate_reference, write_model_cards
     from pipeline.analysis import AnalysisConfig
 
-    recipe = replace(_RECIPE, eval_studies=eval_studies, profile=profile)
+    recipe = replace(_RECIPE, eval_studies=eval_studies, eval_profile=profile)
     result = evaluate_reference(
         workdir / f"{DETECTOR_SPEC.name}.pt",
         workdir / f"{CLASSIFIER_SPEC.name}.pt",

@@ -28,10 +28,13 @@ Log = Callable[[str], None]
 class ReferenceRecipe:
     """How much data and training the reference models get."""
 
-    train_studies: int = 48
+    train_studies: int = 64
     eval_studies: int = 24
-    profile: str = "screening"
-    detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2400, batch=8))
+    # Training studies carry more nodules than screening ones (see synth's profiles); the
+    # held-out cohort is plain screening, as the job will see.
+    train_profile: str = "screening-train"
+    eval_profile: str = "screening"
+    detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2800, batch=8))
     classifier: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=1500, batch=32, learning_rate=1e-3)
     )
@@ -40,10 +43,24 @@ class ReferenceRecipe:
 
 
 def make_cohort(out: Path, studies: int, seed: int, profile: str, log: Log, workers: int = 1) -> Path:
-    """Generate a clean synthetic cohort once (kept when its truth tables exist)."""
+    """Generate a clean synthetic cohort once (kept when its truth tables exist).
+
+    A kept cohort must be the one asked for: another size, seed or profile (from an older
+    recipe) is refused rather than silently trained or evaluated on.
+    """
+    import pyarrow.parquet as pq
+
     from synth.cohort import generate_cohort
 
     if (out / "truth_studies.parquet").exists():
+        kept = pq.read_table(out / "truth_studies.parquet", columns=["seed", "profile"]).to_pylist()
+        found = (len(kept), {r["seed"] for r in kept}, {r["profile"] for r in kept})
+        if found != (studies, {seed}, {profile}):
+            raise ValueError(
+                f"{out} holds {found[0]} studies (seed {sorted(found[1])}, profile {sorted(found[2])}), "
+                f"not the {studies} (seed {seed}, profile {profile}) asked for: remove it, and its "
+                "cache folder beside it, to generate the cohort again."
+            )
         return out
     log(f"generating {studies} synthetic studies (seed {seed}, profile {profile}) in {out}")
     summary = generate_cohort(out, studies, seed, profile, workers=workers)
@@ -61,7 +78,7 @@ def train_reference(
     candidates that detector finds in the training studies when the recipe mines them.
     """
     cohort = make_cohort(
-        workdir / "train-cohort", recipe.train_studies, TRAIN_SEED, recipe.profile, log, recipe.workers
+        workdir / "train-cohort", recipe.train_studies, TRAIN_SEED, recipe.train_profile, log, recipe.workers
     )
     paths = cache_cohort(cohort, workdir / "train-cache", DETECTOR_SPEC, recipe.workers)
     studies = [load_cached(p) for p in paths]
@@ -96,7 +113,7 @@ def evaluate_reference(
 ) -> Evaluation:
     """Evaluate both checkpoints on the held-out cohort; writes evaluation.json and froc.png."""
     cohort = make_cohort(
-        workdir / "eval-cohort", recipe.eval_studies, EVAL_SEED, recipe.profile, log, recipe.workers
+        workdir / "eval-cohort", recipe.eval_studies, EVAL_SEED, recipe.eval_profile, log, recipe.workers
     )
     paths = cache_cohort(cohort, workdir / "eval-cache", DETECTOR_SPEC, recipe.workers)
     detector, classifier = Checkpoint.load(detector_path), Checkpoint.load(classifier_path)
@@ -112,7 +129,7 @@ def evaluate_reference(
 
 
 def _data_record(recipe: ReferenceRecipe, seed: int, studies: int) -> dict[str, object]:
-    return {"generator": "synth", "profile": recipe.profile, "seed": seed, "studies": studies,
+    return {"generator": "synth", "profile": recipe.train_profile, "seed": seed, "studies": studies,
             "notice": SYNTHETIC_DATA_NOTICE}  # fmt: skip
 
 
