@@ -23,10 +23,8 @@ import pydicom
 import typer
 from rich.console import Console
 
-from bench.baseline import run_baseline
 from bench.driver import screen_in_process
 from bench.measure import MemorySampler, TritonEndpoints, stats_delta, timed, tree_cpu_seconds, triton_stats
-from export.checkpoint import Checkpoint
 from export.dataset import thin_series_files
 from export.networks import CLASSIFIER_NAME, DETECTOR_NAME, DETECTOR_SPEC
 from pipeline.index import build_index
@@ -183,6 +181,10 @@ def memory_scaling(cfg: BenchConfig, server: TritonEndpoints, first: dict[str, A
 
 def baseline_once(path: Path, tag: str) -> dict[str, Any]:
     """One run of the plain way, same studies, same models."""
+    # torch loads here, not on import: `lungscreen` imports this module for every command
+    from bench.baseline import run_baseline
+    from export.checkpoint import Checkpoint
+
     detector = Checkpoint.load(CHECKPOINTS / f"{DETECTOR_NAME}.pt")
     classifier = Checkpoint.load(CHECKPOINTS / f"{CLASSIFIER_NAME}.pt")
     dirs = study_dirs(path)

@@ -1,4 +1,8 @@
-"""``lungscreen export`` and ``lungscreen build-plans``."""
+"""``lungscreen export``, ``build-plans``, ``train`` and ``evaluate``.
+
+torch, ONNX and the training code are imported inside the commands: every ``lungscreen``
+command (the screening job's driver among them) imports this module to build the CLI.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from export.checkpoint import Checkpoint
-from export.model_export import build_plans, export_checkpoint
-from export.onnx import ParityError
-from export.reference import ReferenceRecipe
+from export.recipe import ReferenceRecipe
 from export.tensorrt import Precision, TensorRTUnavailable
 from pipeline.analysis import CANDIDATE_THRESHOLD
 from pipeline.serving import PROJECT_ROOT
@@ -35,6 +36,10 @@ def export_command(
     ),
 ) -> None:
     """Export a checkpoint to ONNX (checked against PyTorch) as a new Triton version."""
+    from export.checkpoint import Checkpoint
+    from export.model_export import export_checkpoint
+    from export.onnx import ParityError
+
     ckpt = Checkpoint.load(checkpoint)
     if model and model != ckpt.spec.name:
         ckpt.spec = ckpt.spec.model_copy(update={"name": model})
@@ -81,6 +86,8 @@ def build_plans_command(
     force: bool = typer.Option(False, help="Rebuild even plans that match this GPU."),
 ) -> None:
     """Build a TensorRT plan for this GPU in every version folder that lacks a matching one."""
+    from export.model_export import build_plans
+
     try:
         done = build_plans(repository, precision=precision, force=force)
     except TensorRTUnavailable as e:

@@ -8,38 +8,20 @@ on synthetic data.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.checkpoint import Checkpoint
 from export.dataset import cache_cohort, iter_cached, load_cached
 from export.evaluate import Evaluation, TorchRunner, evaluate, plot_froc
 from export.networks import CLASSIFIER_SPEC, DETECTOR_SPEC
+from export.recipe import ReferenceRecipe
 from export.spec import SYNTHETIC_DATA_NOTICE
-from export.train import TrainConfig, mine_candidates, mined_counts, train_classifier, train_detector
+from export.train import mine_candidates, mined_counts, train_classifier, train_detector
 from pipeline.analysis import AnalysisConfig
 
 TRAIN_SEED = 1001
 EVAL_SEED = 2002  # a different seed: no study of the evaluation cohort is seen in training
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ReferenceRecipe:
-    """How much data and training the reference models get."""
-
-    train_studies: int = 64
-    eval_studies: int = 24
-    # Training studies carry more nodules than screening ones (see synth's profiles); the
-    # held-out cohort is plain screening, as the job will see.
-    train_profile: str = "screening-train"
-    eval_profile: str = "screening"
-    detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2800, batch=8))
-    classifier: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=1500, batch=32, learning_rate=1e-3)
-    )
-    workers: int = 1  # processes rendering and caching the cohorts
-    mine_candidates: bool = True  # classifier also learns on the trained detector's candidates
 
 
 def make_cohort(out: Path, studies: int, seed: int, profile: str, log: Log, workers: int = 1) -> Path:

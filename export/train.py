@@ -43,32 +43,12 @@ from export.networks import (
     DETECTOR_KWARGS,
     DETECTOR_SPEC,
 )
+from export.recipe import TrainConfig
 from pipeline.analysis import AnalysisConfig, detect
 from pipeline.postprocess import SOLID_HU, crop_around
 from pipeline.preprocess import LUNG_HU_THRESHOLD, lung_box, lung_region
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run (recorded in the checkpoint)."""
-
-    steps: int = 1200
-    batch: int = 8  # patches (detector) or crops (classifier) per step
-    patch: tuple[int, int, int] = (48, 48, 48)
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    threads: int = 2
-    positive_fraction: float = 0.5  # share of detector patches around a real training nodule
-    paste_probability: float = 0.5  # share of the other patches that get a pasted training nodule
-    # Each nodule's voxels together weigh as much as those of a nodule of this diameter (at
-    # most ``max_voxel_weight`` each), so a 4 mm nodule matters as much as a 25 mm one.
-    balance_diameter_mm: float = 12.0
-    max_voxel_weight: float = 50.0
-    device: str = "cpu"
-    loader_workers: int = 0  # batch-making processes (0: in the training process)
 
 
 def code_version() -> str:

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from monai.data.utils import compute_importance_map, dense_patch_slices
 
 Box = tuple[slice, slice, slice]
 
@@ -30,6 +29,8 @@ def plan_patches(
     shape: Sequence[int], patch: Sequence[int], overlap: float, crop: Box | None = None
 ) -> PatchGrid:
     """Patch windows covering ``crop`` of a volume of ``shape`` with the given overlap."""
+    from monai.data.utils import dense_patch_slices  # lazily, as in pipeline.preprocess
+
     crop = crop or (slice(None),) * 3
     cropped = tuple(len(range(*s.indices(n))) for s, n in zip(crop, shape, strict=True))
     padded = tuple(max(c, p) for c, p in zip(cropped, patch, strict=True))
@@ -72,6 +73,8 @@ class Stitcher:
     def __post_init__(self) -> None:
         self._sum = np.zeros(self.grid.padded_shape, dtype=np.float32)
         self._weight = np.zeros(self.grid.padded_shape, dtype=np.float32)
+        from monai.data.utils import compute_importance_map
+
         importance = compute_importance_map(self.grid.patch, mode="gaussian", sigma_scale=0.125, device="cpu")
         self._importance = importance.numpy().astype(np.float32)
 

@@ -8,15 +8,16 @@ model's grid maps back to patient millimetres through ``affine``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, Orientation, ScaleIntensityRange, Spacing
 from scipy import ndimage
 
 from export.spec import ModelSpec
 from pipeline.volume import Volume
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
 
 # Axis labels of the orientation codes, spelled out (MONAI warns that its default changes).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -49,6 +50,10 @@ class Preprocessed:
 
 def model_transform(spec: ModelSpec) -> Compose:
     """The MONAI array transforms of a spec, applied to a channel-first MetaTensor."""
+    # MONAI and torch load on first use, not on import: the job's driver imports this module
+    # through its callers but never preprocesses, and they would double its memory.
+    from monai.transforms import Compose, Orientation, ScaleIntensityRange, Spacing
+
     low, high = spec.hu_window
     return Compose(
         [
@@ -61,6 +66,9 @@ def model_transform(spec: ModelSpec) -> Compose:
 
 def preprocess(volume: Volume, spec: ModelSpec) -> Preprocessed:
     """Window, reorient and resample ``volume`` as ``spec`` says (MONAI transforms)."""
+    import torch
+    from monai.data import MetaTensor
+
     image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None], affine=volume.affine)
     out = model_transform(spec)(image)
     array = out[0].numpy().astype(np.float32, copy=False)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from export.reference import ReferenceRecipe, make_cohort
+from export.recipe import ReferenceRecipe
+from export.reference import make_cohort
 from synth.acquisition import PROFILES
 
 

@@ -1,0 +1,48 @@
+"""What the reference models are trained on and how long: plain configuration, no torch.
+
+Kept apart from :mod:`export.train` and :mod:`export.reference` so that the command line (and
+with it the screening job's driver) can read the defaults without importing torch or MONAI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (recorded in the checkpoint)."""
+
+    steps: int = 1200
+    batch: int = 8  # patches (detector) or crops (classifier) per step
+    patch: tuple[int, int, int] = (48, 48, 48)
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    threads: int = 2
+    positive_fraction: float = 0.5  # share of detector patches around a real training nodule
+    paste_probability: float = 0.5  # share of the other patches that get a pasted training nodule
+    # Each nodule's voxels together weigh as much as those of a nodule of this diameter (at
+    # most ``max_voxel_weight`` each), so a 4 mm nodule matters as much as a 25 mm one.
+    balance_diameter_mm: float = 12.0
+    max_voxel_weight: float = 50.0
+    device: str = "cpu"
+    loader_workers: int = 0  # batch-making processes (0: in the training process)
+
+
+@dataclass(frozen=True)
+class ReferenceRecipe:
+    """How much data and training the reference models get."""
+
+    train_studies: int = 64
+    eval_studies: int = 24
+    # Training studies carry more nodules than screening ones (see synth's profiles); the
+    # held-out cohort is plain screening, as the job will see.
+    train_profile: str = "screening-train"
+    eval_profile: str = "screening"
+    detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2800, batch=8))
+    classifier: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1500, batch=32, learning_rate=1e-3)
+    )
+    workers: int = 1  # processes rendering and caching the cohorts
+    mine_candidates: bool = True  # classifier also learns on the trained detector's candidates
