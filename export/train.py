@@ -129,8 +129,6 @@ class BankNodule:
     type_index: int
     malignancy: float
     spacing: tuple[float, float, float]
-    background: float  # the lung level around it, which ``excess`` sits on
-    radius_mm: float
 
 
 def nodule_bank(studies: Sequence[CachedStudy]) -> list[BankNodule]:
@@ -156,30 +154,14 @@ def nodule_bank(studies: Sequence[CachedStudy]) -> list[BankNodule]:
             weight = np.clip((r + 1.5 - dist) / 1.5, 0.0, 1.0)
             excess = (np.clip(cube - background, 0.0, None) * weight).astype(np.float32)
             mask = (dist <= max(r, 0.75 * spacing.min())).astype(np.float32)
-            bank.append(BankNodule(excess, mask, n.type_index, n.malignancy_score, s.spacing, background, r))
+            bank.append(BankNodule(excess, mask, n.type_index, n.malignancy_score, s.spacing))
     return bank
 
 
-# Share of pasted nodules put against a pleural wall or a vessel rather than free in the lung.
-# The generator places half its nodules so (juxtapleural 30 %, juxtavascular 20 %); with free
-# pastes only, the detector learned "round and alone" and missed most attached nodules.
-ATTACHED_PASTE_SHARE = 0.5
-
-
 def paste_nodule(
-    image: np.ndarray,
-    label: np.ndarray | None,
-    nod: BankNodule,
-    rng: np.random.Generator,
-    attached_share: float = ATTACHED_PASTE_SHARE,
+    image: np.ndarray, label: np.ndarray | None, nod: BankNodule, rng: np.random.Generator
 ) -> tuple[int, int, int] | None:
-    """Paste a (randomly flipped) bank nodule into ``image`` in place; returns its centre voxel.
-
-    The centre is a random lung voxel or, with probability ``attached_share``, a lung voxel
-    near it whose distance to the nearest dense structure (pleura, vessel) is about the radius,
-    as the generator places juxtapleural and juxtavascular nodules. Voxels are only raised
-    toward the nodule's own values, so walls and vessels it touches stay as they are.
-    """
+    """Paste a (randomly flipped) bank nodule at a random lung voxel of ``image`` in place."""
     size = np.asarray(nod.excess.shape)
     if np.any(size >= np.asarray(image.shape)):
         return None
@@ -190,47 +172,14 @@ def paste_nodule(
     if not len(spots):
         return None
     center = spots[rng.integers(len(spots))] + lo
-    if rng.uniform() < attached_share:
-        center = _attached_spot(image, center, nod, lo, hi, rng)
     axes = tuple(a for a in range(3) if rng.uniform() < 0.5)
     excess = np.flip(nod.excess, axis=axes) if axes else nod.excess
     mask = np.flip(nod.mask, axis=axes) if axes else nod.mask
     region = tuple(slice(int(c - k // 2), int(c - k // 2 + k)) for c, k in zip(center, size, strict=True))
-    raised = np.minimum(nod.background + excess, 1.0)
-    image[region] = np.where(excess > 0, np.maximum(image[region], raised), image[region])
+    image[region] = np.minimum(image[region] + excess, 1.0)
     if label is not None:
         label[region] = np.maximum(label[region], mask)
     return tuple(int(c) for c in center)  # type: ignore[return-value]
-
-
-def _attached_spot(
-    image: np.ndarray,
-    near: np.ndarray,
-    nod: BankNodule,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """A lung voxel within about 15 mm of ``near`` at 0.5-1 radius from dense tissue.
-
-    Falls back to ``near`` when the neighbourhood has no such voxel.
-    """
-    from scipy.ndimage import distance_transform_edt
-
-    spacing = np.asarray(nod.spacing)
-    reach = np.ceil((nod.radius_mm + 15.0) / spacing).astype(int)
-    start = np.maximum(near - reach, lo)
-    stop = np.minimum(near + reach + 1, hi)
-    window = image[tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))]
-    dense = window >= _dense_level()
-    if not dense.any():
-        return near
-    dist = distance_transform_edt(~dense, sampling=spacing)
-    low, high = max(0.5 * nod.radius_mm, 0.75), max(nod.radius_mm, 1.5)
-    ok = np.argwhere((dist >= low) & (dist <= high) & (window < _lung_level()))
-    if not len(ok):
-        return near
-    return ok[rng.integers(len(ok))] + start
 
 
 _PATCH_KEYS = ("image", "label", "weight")

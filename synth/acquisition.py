@@ -7,7 +7,7 @@ kernel blur or edge enhancement, correlated noise) or :func:`tilted_image`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -46,13 +46,8 @@ class Profile:
     transfer_weights: tuple[float, ...] = (0.4, 0.3, 0.3)
 
 
-_SCREENING = Profile("screening", 512, (320.0, 400.0), (1.0, 1.25), max_slices=340)
-
 PROFILES: dict[str, Profile] = {
-    "screening": _SCREENING,
-    # The same scans with about 2.5 times the nodules, for training: rendering a study costs the
-    # same whatever it holds, and the detector needs many nodules in many contexts.
-    "screening-train": replace(_SCREENING, name="screening-train", nodule_mean=4.0),
+    "screening": Profile("screening", 512, (320.0, 400.0), (1.0, 1.25), max_slices=340),
     "small": Profile(
         "small",
         128,

@@ -7,9 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from export.recipe import ReferenceRecipe
 from export.reference import make_cohort
-from synth.acquisition import PROFILES
 
 
 def test_a_kept_cohort_is_reused_only_when_it_is_the_one_asked_for(tmp_path: Path) -> None:
@@ -23,15 +21,3 @@ def test_a_kept_cohort_is_reused_only_when_it_is_the_one_asked_for(tmp_path: Pat
     for studies, seed in ((2, 7), (1, 8)):
         with pytest.raises(ValueError, match="remove it"):
             make_cohort(out, studies, seed, "small", logged.append)
-
-
-def test_the_recipe_trains_on_more_nodules_than_it_evaluates_on() -> None:
-    recipe = ReferenceRecipe()
-    train, held_out = PROFILES[recipe.train_profile], PROFILES[recipe.eval_profile]
-    assert train.nodule_mean > held_out.nodule_mean
-    # the scans themselves are drawn alike: only the nodules differ
-    assert (train.matrix, train.fov_mm, train.thin_thickness_mm) == (
-        held_out.matrix,
-        held_out.fov_mm,
-        held_out.thin_thickness_mm,
-    )

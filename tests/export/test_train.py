@@ -20,10 +20,8 @@ from export.train import (
     init_output_prior,
     mine_candidates,
     mined_counts,
-    nodule_bank,
     nodule_index_volume,
     nodule_voxel_weight,
-    paste_nodule,
     train_detector,
 )
 from pipeline.serving import PROJECT_ROOT
@@ -93,35 +91,6 @@ def test_pasting_puts_nodules_into_negative_patches() -> None:
     patches = DetectorPatches([toy_study()], cfg, np.random.default_rng(0))
     _, label, _ = patches.batch(np.random.default_rng(2))
     assert int((label.flatten(1).amax(1) > 0).sum()) >= 8
-
-
-def _distance_to_dense(image: np.ndarray, center: tuple[int, int, int]) -> float:
-    from scipy.ndimage import distance_transform_edt
-
-    return float(distance_transform_edt(image < 0.5, sampling=SPACING)[center])
-
-
-@pytest.mark.parametrize("share", [0.0, 1.0])
-def test_attached_pastes_lie_against_dense_tissue_and_only_raise(share: float) -> None:
-    study = toy_study()
-    bank = nodule_bank([study])
-    small = bank[0]  # the 4.5 mm nodule
-    rng = np.random.default_rng(3)
-    distances = []
-    for _ in range(12):
-        image = study.image.copy()
-        label = np.zeros_like(image)
-        center = paste_nodule(image, label, small, rng, attached_share=share)
-        assert center is not None
-        assert label[center] == 1.0
-        assert np.all(image >= study.image)  # walls and vessels it touches are never darkened
-        distances.append(_distance_to_dense(study.image, center))
-    radius = small.radius_mm
-    attached = [0.5 * radius - 0.01 <= d <= max(radius, 1.5) + 0.01 for d in distances]
-    if share == 1.0:
-        assert all(attached)
-    else:
-        assert sum(attached) < len(attached) // 2  # free pastes land anywhere in the lung
 
 
 def test_output_prior_starts_the_detector_near_background() -> None:
