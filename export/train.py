@@ -346,7 +346,6 @@ def train_detector(studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = 
         {
             "config": asdict(cfg),
             "studies": [s.key for s in studies],
-            "code_version": code_version(),
             **history,
         },
     )
@@ -503,7 +502,6 @@ def train_classifier(
             "studies": [s.key for s in studies],
             "samples": len(samples),
             "mined_candidates": mined_counts(mined),
-            "code_version": code_version(),
             **history,
         },
     )
@@ -528,10 +526,12 @@ def _fit(
     log: Log,
     name: str,
 ) -> dict[str, Any]:
-    """AdamW with a cosine schedule on ``cfg.device``; returns the loss history for the checkpoint.
+    """AdamW with a cosine schedule on ``cfg.device``; returns the checkpoint's training record
+    (loss history, seconds, device, and the code version the run started from).
 
     The network ends on the CPU, in eval mode, so checkpoints never hold device tensors.
     """
+    version = code_version()  # before training: the tree may change during a long run
     device = torch.device(cfg.device)
     net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -555,7 +555,8 @@ def _fit(
             log(f"{name} step {step}/{cfg.steps} loss {recent:.4f} ({time.monotonic() - started:.0f} s)")
     net.to("cpu").eval()
     return {"loss_history": [float(np.mean(losses[i : i + every])) for i in range(0, len(losses), every)],
-            "train_seconds": time.monotonic() - started, "device": _device_name(device)}  # fmt: skip
+            "train_seconds": time.monotonic() - started, "device": _device_name(device),
+            "code_version": version}  # fmt: skip
 
 
 def _to(value: Any, device: torch.device) -> Any:

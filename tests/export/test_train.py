@@ -139,9 +139,12 @@ def test_the_reference_detector_mines_the_large_toy_nodule_as_a_hit() -> None:
 
 
 @pytest.mark.slow
-def test_a_few_steps_train_and_end_on_the_cpu() -> None:
+def test_a_few_steps_train_and_end_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = iter(["abc1234", "def5678+modified"])  # the tree changes while it trains
+    monkeypatch.setattr("export.train.code_version", lambda: next(versions))
     cfg = TrainConfig(steps=3, batch=2, patch=(32, 32, 32), threads=1)
     ckpt = train_detector([toy_study()], cfg, log=lambda _: None)
+    assert ckpt.training["code_version"] == "abc1234"  # where the run started
     assert all(t.device.type == "cpu" for t in ckpt.state_dict.values())
     assert len(ckpt.training["loss_history"]) == 1
     assert ckpt.training["device"] == "cpu"
