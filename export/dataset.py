@@ -61,8 +61,11 @@ def thin_series_files(study_dir: Path) -> list[str]:
     return sorted(str(p) for p in thin.glob("*.dcm"))
 
 
-def cache_study(study_dir: Path, truth_rows: list[dict], spec: ModelSpec, cache_path: Path) -> Path:
-    """Load, preprocess and save one study with its truth in voxel coordinates."""
+def cache_study(
+    study_dir: Path, truth_rows: list[dict], spec: ModelSpec, cache_path: Path, study_uid: str = ""
+) -> Path:
+    """Load, preprocess and save one study with its truth in voxel coordinates (and its UID,
+    so a cache is never reused for another cohort's study of the same folder name)."""
     pre = preprocess(load_volume(thin_series_files(study_dir)), spec)
     box = lung_box(pre, spec)
     lps = np.array([[r["center_x_mm"], r["center_y_mm"], r["center_z_mm"]] for r in truth_rows]).reshape(
@@ -83,6 +86,7 @@ def cache_study(study_dir: Path, truth_rows: list[dict], spec: ModelSpec, cache_
         type_index=np.array([NODULE_TYPES.index(r["type"]) for r in truth_rows], dtype=np.int64),
         malignant=np.array([r["malignant"] for r in truth_rows], dtype=bool),
         malignancy_score=np.array([r["malignancy_score"] for r in truth_rows], dtype=np.float64),
+        study_uid=np.array(study_uid),
     )
     return cache_path
 
@@ -109,7 +113,8 @@ def load_cached(path: Path) -> CachedStudy:
 
 
 def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: int = 1) -> list[Path]:
-    """Cache every study of a clean synthetic cohort (skipping those already cached).
+    """Cache every study of a clean synthetic cohort (skipping those already cached from this
+    very study: same Study Instance UID).
 
     ``workers`` caches studies in that many processes.
     """
@@ -123,9 +128,10 @@ def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: in
             [f for f in findings if f["study_dir"] == study["study_dir"]],
             spec,
             path,
+            study["study_instance_uid"],
         )
         for study, path in zip(studies, paths, strict=True)
-        if not path.exists()
+        if _cached_uid(path) != study["study_instance_uid"]
     ]
     if workers <= 1:
         for args in todo:
@@ -136,9 +142,16 @@ def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: in
     return paths
 
 
-def _cache_one(study_dir: Path, rows: list[dict], spec: ModelSpec, path: Path) -> Path:
+def _cached_uid(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return str(z["study_uid"]) if "study_uid" in z.files else None
+
+
+def _cache_one(study_dir: Path, rows: list[dict], spec: ModelSpec, path: Path, uid: str) -> Path:
     tmp = path.with_name(path.stem + ".partial.npz")
-    cache_study(study_dir, rows, spec, tmp)
+    cache_study(study_dir, rows, spec, tmp, uid)
     return tmp.rename(path)
 
 

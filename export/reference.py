@@ -40,8 +40,8 @@ def make_cohort(out: Path, studies: int, seed: int, profile: str, log: Log, work
         if found != (studies, {seed}, {profile}):
             raise ValueError(
                 f"{out} holds {found[0]} studies (seed {sorted(found[1])}, profile {sorted(found[2])}), "
-                f"not the {studies} (seed {seed}, profile {profile}) asked for: remove it, and its "
-                "cache folder beside it, to generate the cohort again."
+                f"not the {studies} (seed {seed}, profile {profile}) asked for: remove it to generate "
+                "the cohort again."
             )
         return out
     log(f"generating {studies} synthetic studies (seed {seed}, profile {profile}) in {out}")

@@ -1,12 +1,15 @@
-"""The reference recipe's cohorts: generated once, and never silently swapped for another recipe's."""
+"""The reference recipe's cohorts and caches: made once, never silently swapped for another recipe's."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from export.dataset import cache_cohort
+from export.networks import DETECTOR_SPEC
 from export.reference import make_cohort
 
 
@@ -21,3 +24,16 @@ def test_a_kept_cohort_is_reused_only_when_it_is_the_one_asked_for(tmp_path: Pat
     for studies, seed in ((2, 7), (1, 8)):
         with pytest.raises(ValueError, match="remove it"):
             make_cohort(out, studies, seed, "small", logged.append)
+
+
+def test_a_cached_study_is_redone_when_its_cohort_was_generated_again(tmp_path: Path) -> None:
+    cohort, cache = tmp_path / "cohort", tmp_path / "cache"
+    make_cohort(cohort, 1, 7, "small", print)
+    (path,) = cache_cohort(cohort, cache, DETECTOR_SPEC)
+    stamp = path.stat().st_mtime_ns
+    assert cache_cohort(cohort, cache, DETECTOR_SPEC) == [path]
+    assert path.stat().st_mtime_ns == stamp  # same study: reused
+    shutil.rmtree(cohort)
+    make_cohort(cohort, 1, 8, "small", print)  # same folder names, another patient
+    assert cache_cohort(cohort, cache, DETECTOR_SPEC) == [path]
+    assert path.stat().st_mtime_ns != stamp
