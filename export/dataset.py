@@ -8,6 +8,8 @@ measured on what it will see in production.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -62,10 +64,11 @@ def thin_series_files(study_dir: Path) -> list[str]:
 
 
 def cache_study(
-    study_dir: Path, truth_rows: list[dict], spec: ModelSpec, cache_path: Path, study_uid: str = ""
+    study_dir: Path, truth_rows: list[dict], spec: ModelSpec, cache_path: Path, truth_key: str = ""
 ) -> Path:
-    """Load, preprocess and save one study with its truth in voxel coordinates (and its UID,
-    so a cache is never reused for another cohort's study of the same folder name)."""
+    """Load, preprocess and save one study with its truth in voxel coordinates (and the
+    :func:`truth_key` it was made from, so a cache is never reused for another study of the same
+    folder name or for truth that has changed since)."""
     pre = preprocess(load_volume(thin_series_files(study_dir)), spec)
     box = lung_box(pre, spec)
     lps = np.array([[r["center_x_mm"], r["center_y_mm"], r["center_z_mm"]] for r in truth_rows]).reshape(
@@ -86,7 +89,7 @@ def cache_study(
         type_index=np.array([NODULE_TYPES.index(r["type"]) for r in truth_rows], dtype=np.int64),
         malignant=np.array([r["malignant"] for r in truth_rows], dtype=bool),
         malignancy_score=np.array([r["malignancy_score"] for r in truth_rows], dtype=np.float64),
-        study_uid=np.array(study_uid),
+        truth_key=np.array(truth_key),
     )
     return cache_path
 
@@ -114,7 +117,7 @@ def load_cached(path: Path) -> CachedStudy:
 
 def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: int = 1) -> list[Path]:
     """Cache every study of a clean synthetic cohort (skipping those already cached from this
-    very study: same Study Instance UID).
+    very study and truth: same :func:`truth_key`).
 
     ``workers`` caches studies in that many processes.
     """
@@ -122,18 +125,13 @@ def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: in
     findings = pq.read_table(cohort_dir / "truth.parquet").to_pylist()
     studies = pq.read_table(cohort_dir / "truth_studies.parquet").to_pylist()
     paths = [cache_dir / f"{study['study_dir']}.npz" for study in studies]
-    todo = [
-        (
-            cohort_dir / study["study_dir"],
-            [f for f in findings if f["study_dir"] == study["study_dir"]],
-            spec,
-            path,
-            study["study_instance_uid"],
-        )
-        for study, path in zip(studies, paths, strict=True)
-        if _cached_uid(path) != study["study_instance_uid"]
-    ]
-    if workers <= 1:
+    todo = []
+    for study, path in zip(studies, paths, strict=True):
+        rows = [f for f in findings if f["study_dir"] == study["study_dir"]]
+        key = truth_key(study["study_instance_uid"], rows)
+        if _cached_key(path) != key:
+            todo.append((cohort_dir / study["study_dir"], rows, spec, path, key))
+    if workers <= 1 or len(todo) < 2:
         for args in todo:
             _cache_one(*args)
     else:
@@ -142,16 +140,23 @@ def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: in
     return paths
 
 
-def _cached_uid(path: Path) -> str | None:
+def truth_key(study_uid: str, truth_rows: list[dict]) -> str:
+    """The study's UID and a digest of its truth rows: a cache is redone when either changes
+    (a cohort generated again under the same folder names, or by a fixed generator)."""
+    digest = hashlib.sha256(json.dumps(truth_rows, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{study_uid}/{digest[:16]}"
+
+
+def _cached_key(path: Path) -> str | None:
     if not path.exists():
         return None
     with np.load(path) as z:
-        return str(z["study_uid"]) if "study_uid" in z.files else None
+        return str(z["truth_key"]) if "truth_key" in z.files else None
 
 
-def _cache_one(study_dir: Path, rows: list[dict], spec: ModelSpec, path: Path, uid: str) -> Path:
+def _cache_one(study_dir: Path, rows: list[dict], spec: ModelSpec, path: Path, key: str) -> Path:
     tmp = path.with_name(path.stem + ".partial.npz")
-    cache_study(study_dir, rows, spec, tmp, uid)
+    cache_study(study_dir, rows, spec, tmp, key)
     return tmp.rename(path)
 
 

@@ -35,6 +35,7 @@ from synth.findings import (
     place_nodules,
     render_nodule,
     sample_nodules,
+    visible_nodules,
 )
 
 NODULE_SCHEMA = pa.schema(
@@ -162,7 +163,7 @@ def render_study(index: int, seed: int, profile: str = "screening") -> RenderedS
     nodules = place_nodules(rng_f, anat, sample_nodules(rng_f, prof.nodule_mean))
     for nod in nodules:
         nod.volume_mm3 = render_nodule(anat, nod, rng_f)
-    return RenderedStudy(index, seed, profile, anat, acq, nodules, laa950(anat), emph)
+    return RenderedStudy(index, seed, profile, anat, acq, visible_nodules(nodules), laa950(anat), emph)
 
 
 def study_meta(r: RenderedStudy, fault: str | None) -> StudyMeta:

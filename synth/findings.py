@@ -275,6 +275,21 @@ def render_nodule(anat: Anatomy, nod: Nodule, rng: np.random.Generator) -> float
     return float(total.sum() * g.voxel_volume)
 
 
+# The lung map that places nodules is coarse and does not know the great vessels drawn over the
+# hilum: a nodule placed there is drawn only in part (only into lung tissue) or not at all.
+MIN_DRAWN_FRACTION = 0.25
+
+
+def visible_nodules(nodules: list[Nodule]) -> list[Nodule]:
+    """The drawn nodules whose drawn volume is at least ``MIN_DRAWN_FRACTION`` of their nominal
+    sphere, renumbered: the truth lists only nodules the image shows (a juxtapleural nodule,
+    clipped at the pleura, keeps about half of its sphere)."""
+    kept = [n for n in nodules if n.volume_mm3 >= MIN_DRAWN_FRACTION * math.pi / 6 * n.diameter_mm**3]
+    for i, nod in enumerate(kept):
+        nod.finding_id = i
+    return kept
+
+
 def apply_emphysema(anat: Anatomy, rng: np.random.Generator, fraction: float, slab: int = 32) -> None:
     """Turn about ``fraction`` of the lung into low-attenuation (< -950 HU) regions.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from export.dataset import cache_cohort
+from export.dataset import cache_cohort, load_cached
 from export.networks import DETECTOR_SPEC
 from export.reference import make_cohort
 
@@ -37,3 +37,16 @@ def test_a_cached_study_is_redone_when_its_cohort_was_generated_again(tmp_path: 
     make_cohort(cohort, 1, 8, "small", print)  # same folder names, another patient
     assert cache_cohort(cohort, cache, DETECTOR_SPEC) == [path]
     assert path.stat().st_mtime_ns != stamp
+
+
+def test_a_cached_study_is_redone_when_its_truth_changed(tmp_path: Path) -> None:
+    cohort, cache = tmp_path / "cohort", tmp_path / "cache"
+    make_cohort(cohort, 1, 7, "small", print)
+    (path,) = cache_cohort(cohort, cache, DETECTOR_SPEC)
+    stamp = path.stat().st_mtime_ns
+    truth = pq.read_table(cohort / "truth.parquet")
+    assert truth.num_rows > 0
+    pq.write_table(truth.slice(0, 0), cohort / "truth.parquet")  # a fixed generator dropped its nodules
+    assert cache_cohort(cohort, cache, DETECTOR_SPEC) == [path]
+    assert path.stat().st_mtime_ns != stamp
+    assert load_cached(path).nodules == ()

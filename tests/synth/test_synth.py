@@ -17,7 +17,15 @@ from synth.anatomy import TISSUE_HU_RANGE, Tissue
 from synth.cohort import NODULE_SCHEMA, STUDY_SCHEMA, generate_cohort, generate_study, render_study
 from synth.dicom import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, read_series
 from synth.faults import FAULT_NAMES, FAULTS
-from synth.findings import apply_emphysema, laa950, lungrads_category, malignancy_score
+from synth.findings import (
+    MIN_DRAWN_FRACTION,
+    Nodule,
+    apply_emphysema,
+    laa950,
+    lungrads_category,
+    malignancy_score,
+    visible_nodules,
+)
 
 SEED = 11
 PROFILE = "small"
@@ -74,7 +82,7 @@ def test_truth_tables_follow_the_schemas(cohort) -> None:
         assert n["type"] in {"solid", "part_solid", "ground_glass", "calcified"}
         assert n["margin"] in {"smooth", "lobulated", "spiculated"}
         assert 3 <= n["diameter_mm"] <= 35
-        assert n["volume_mm3"] > 0
+        assert n["volume_mm3"] >= MIN_DRAWN_FRACTION * np.pi / 6 * n["diameter_mm"] ** 3
         assert n["malignant"] == (n["malignancy_score"] >= 0.5)
     assert {s["fault"] for s in studies[: len(FAULT_NAMES)]} == set(FAULT_NAMES)
 
@@ -110,6 +118,28 @@ def test_malignancy_rule_orders_risk() -> None:
     assert malignancy_score("ground_glass", "smooth", 12) < malignancy_score("solid", "smooth", 12)
     assert study_category([]) == "1"
     assert study_category(["2", "4X", "4B"]) == "4X"
+
+
+def test_truth_lists_only_nodules_the_image_shows() -> None:
+    drawn = [
+        Nodule(k, "solid", "smooth", "juxtapleural", 6.0, 6.0, volume_mm3=v)
+        for k, v in enumerate((0.0, 60.0, 20.0))
+    ]
+    kept = visible_nodules(drawn)  # a 6 mm sphere is 113 mm3: half of it drawn is kept, a sixth is not
+    assert [n.volume_mm3 for n in kept] == [60.0]
+    assert [n.finding_id for n in kept] == [0]
+
+
+@pytest.mark.slow
+def test_a_nodule_placed_under_the_great_vessels_is_not_in_the_truth() -> None:
+    # Study 2 of seed 2002 places a 3 mm juxtapleural nodule where the great vessels are drawn:
+    # nothing of it is drawn, so it must not be a truth nodule.
+    study = render_study(2, 2002, "screening")
+    assert study.nodules
+    for nod in study.nodules:
+        assert nod.volume_mm3 >= MIN_DRAWN_FRACTION * np.pi / 6 * nod.diameter_mm**3
+        kji = np.round(study.anatomy.grid.to_index(np.asarray(nod.center_mm))).astype(int)
+        assert study.anatomy.labels[tuple(kji)] == Tissue.NODULE
 
 
 # --- series structure -------------------------------------------------------------------
