@@ -38,11 +38,7 @@ class ReferenceRecipe:
     eval_studies: int = 24
     train_profile: str = "screening"
     eval_profile: str = "screening"
-    # Most nodule-free detector patches get a pasted training nodule (60% of them attached to
-    # pleura or a vessel): the 74 nodules of 48 studies alone teach their own surroundings.
-    detector: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=2400, batch=8, paste_probability=0.7)
-    )
+    detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2400, batch=8))
     classifier: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=1500, batch=32, learning_rate=1e-3)
     )

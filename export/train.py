@@ -28,7 +28,6 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
-from scipy import ndimage
 from torch import nn
 
 from export.checkpoint import Checkpoint, build_module
@@ -47,7 +46,7 @@ from export.networks import (
 from export.recipe import TrainConfig
 from pipeline.analysis import AnalysisConfig, detect
 from pipeline.postprocess import SOLID_HU, crop_around
-from pipeline.preprocess import lung_box, lung_region
+from pipeline.preprocess import LUNG_HU_THRESHOLD, lung_box, lung_region
 
 Log = Callable[[str], None]
 
@@ -94,6 +93,11 @@ def _dense_level() -> float:
     return (SOLID_HU - low) / (high - low)
 
 
+def _lung_level() -> float:
+    low, high = DETECTOR_SPEC.hu_window
+    return (LUNG_HU_THRESHOLD - low) / (high - low)
+
+
 def vessel_mask(study: CachedStudy) -> np.ndarray:
     """Dense voxels inside the (slightly grown) lungs: vessels, airway walls, nodules."""
     return lung_region(study.preprocessed, DETECTOR_SPEC, margin_mm=3.0) & (study.image >= _dense_level())
@@ -118,24 +122,21 @@ def hard_negative_indices(study: CachedStudy, rng: np.random.Generator, limit: i
 
 @dataclass(frozen=True)
 class BankNodule:
-    """A training nodule cut out for pasting: its own intensity, how much of each voxel it fills,
-    and its truth sphere."""
+    """A training nodule cut out as its signal above the local lung background, for pasting."""
 
-    level: np.ndarray  # the nodule's intensity (never below the lung background it grew on)
-    occupancy: np.ndarray  # 1 inside the radius, fading to 0 over the next 1.5 mm
+    excess: np.ndarray
     mask: np.ndarray
-    radius_mm: float
     type_index: int
     malignancy: float
     spacing: tuple[float, float, float]
 
 
 def nodule_bank(studies: Sequence[CachedStudy]) -> list[BankNodule]:
-    """Every training nodule, as (intensity, occupancy, sphere mask) cubes.
+    """Every training nodule, as (signal above background, sphere mask) cubes.
 
-    Pasting them at lung positions of other studies, isolated or against pleura and vessels
-    (:func:`paste_nodule`), shows the networks many more nodule/context pairs than 48 studies
-    hold, so they learn the nodule, not where the training nodules happened to be.
+    Pasting them at random lung positions of other studies (raise-only, as the generator draws
+    nodules) shows the networks many more nodule/context pairs than 48 studies hold, so they
+    learn the nodule, not where the training nodules happened to be.
     """
     bank = []
     for s in studies:
@@ -150,62 +151,32 @@ def nodule_bank(studies: Sequence[CachedStudy]) -> list[BankNodule]:
             dist = np.sqrt(sum(((g - o) * sp) ** 2 for g, o, sp in zip(grids, offset, spacing, strict=True)))
             shell = (dist > r + 1.5) & (dist <= r + 3.0)
             background = float(np.median(cube[shell])) if shell.any() else 0.0
-            bank.append(
-                BankNodule(
-                    level=np.maximum(cube, background).astype(np.float32),
-                    occupancy=np.clip((r + 1.5 - dist) / 1.5, 0.0, 1.0).astype(np.float32),
-                    mask=(dist <= max(r, 0.75 * spacing.min())).astype(np.float32),
-                    radius_mm=r,
-                    type_index=n.type_index,
-                    malignancy=n.malignancy_score,
-                    spacing=s.spacing,
-                )
-            )
+            weight = np.clip((r + 1.5 - dist) / 1.5, 0.0, 1.0)
+            excess = (np.clip(cube - background, 0.0, None) * weight).astype(np.float32)
+            mask = (dist <= max(r, 0.75 * spacing.min())).astype(np.float32)
+            bank.append(BankNodule(excess, mask, n.type_index, n.malignancy_score, s.spacing))
     return bank
 
 
-# Share of pasted nodules placed against the pleura or a vessel (the generator draws half of its
-# nodules attached); attached nodules are the ones a detector trained on 48 studies misses.
-ATTACHED_PASTE_PROBABILITY = 0.6
-
-
 def paste_nodule(
-    image: np.ndarray,
-    label: np.ndarray | None,
-    nod: BankNodule,
-    rng: np.random.Generator,
-    attached_probability: float = ATTACHED_PASTE_PROBABILITY,
+    image: np.ndarray, label: np.ndarray | None, nod: BankNodule, rng: np.random.Generator
 ) -> tuple[int, int, int] | None:
-    """Paste a (randomly flipped) bank nodule into ``image`` in place, as the generator draws one.
-
-    The centre is an air-like lung voxel: isolated (more than a radius from dense tissue) or
-    attached (about 0.8 radius from the pleura or a vessel, as the generator places juxtapleural
-    and juxtavascular nodules). Blending is raise-only and only over air-like voxels: the chest
-    wall is not painted over, so an attached nodule is a bump on it, not a brighter blob.
-    """
-    size = np.asarray(nod.level.shape)
+    """Paste a (randomly flipped) bank nodule at a random lung voxel of ``image`` in place."""
+    size = np.asarray(nod.excess.shape)
     if np.any(size >= np.asarray(image.shape)):
         return None
-    air = image < _dense_level()
     lo = size // 2
     hi = np.asarray(image.shape) - (size - size // 2)
-    inner = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    clearance = ndimage.distance_transform_edt(air, sampling=nod.spacing)[inner]  # mm to dense tissue
-    r = nod.radius_mm
-    if rng.uniform() < attached_probability:
-        spots = np.argwhere(np.abs(clearance - (0.8 * r + 1.0)) <= max(1.0, 0.3 * r))
-    else:
-        spots = np.argwhere(clearance > r + 1.0)
+    inner = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    spots = np.argwhere(inner < _lung_level())
     if not len(spots):
         return None
     center = spots[rng.integers(len(spots))] + lo
     axes = tuple(a for a in range(3) if rng.uniform() < 0.5)
-    level, occupancy, mask = (
-        np.flip(a, axis=axes) if axes else a for a in (nod.level, nod.occupancy, nod.mask)
-    )
+    excess = np.flip(nod.excess, axis=axes) if axes else nod.excess
+    mask = np.flip(nod.mask, axis=axes) if axes else nod.mask
     region = tuple(slice(int(c - k // 2), int(c - k // 2 + k)) for c, k in zip(center, size, strict=True))
-    sub = image[region]
-    sub += air[region] * occupancy * np.maximum(level - sub, 0.0)
+    image[region] = np.minimum(image[region] + excess, 1.0)
     if label is not None:
         label[region] = np.maximum(label[region], mask)
     return tuple(int(c) for c in center)  # type: ignore[return-value]
@@ -417,9 +388,6 @@ def _hit(center_ijk: Sequence[float], study: CachedStudy) -> int | None:
     return None if best is None else best[1]
 
 
-PASTE_REGION = (48, 48, 48)  # voxels around a hard negative a classifier nodule is pasted into
-
-
 @dataclass(frozen=True)
 class CropSample:
     """One classifier training example."""
@@ -462,13 +430,10 @@ def classifier_samples(
                 crop = crop_around(s.image, np.asarray(nod.center_ijk) + jitter, CLASSIFIER_CROP)
                 out.append(CropSample(crop, 1.0, nod.malignancy_score, nod.type_index))
         negatives = hard_negative_indices(s, rng, limit=negatives_per_study * 4)
-        for _ in range(pasted_per_study if bank else 0):
-            # Pasted into a region around a hard negative (mostly vessels): a whole-volume copy
-            # and distance map per paste would cost seconds each.
-            nod = bank[rng.integers(len(bank))]
-            at = np.unravel_index(negatives[rng.integers(len(negatives))], s.image.shape)
-            work = crop_around(s.image, at, PASTE_REGION)
-            center = paste_nodule(work, None, nod, rng)
+        for _ in range(pasted_per_study):
+            nod = bank[rng.integers(len(bank))] if bank else None
+            work = s.image.copy() if nod is not None else None
+            center = paste_nodule(work, None, nod, rng) if nod is not None else None
             if center is not None:
                 crop = crop_around(work, np.asarray(center) + rng.normal(0.0, 1.0, size=3), CLASSIFIER_CROP)
                 out.append(CropSample(crop, 1.0, nod.malignancy, nod.type_index))

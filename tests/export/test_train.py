@@ -20,10 +20,8 @@ from export.train import (
     init_output_prior,
     mine_candidates,
     mined_counts,
-    nodule_bank,
     nodule_index_volume,
     nodule_voxel_weight,
-    paste_nodule,
     train_detector,
 )
 from pipeline.serving import PROJECT_ROOT
@@ -93,30 +91,6 @@ def test_pasting_puts_nodules_into_negative_patches() -> None:
     patches = DetectorPatches([toy_study()], cfg, np.random.default_rng(0))
     _, label, _ = patches.batch(np.random.default_rng(2))
     assert int((label.flatten(1).amax(1) > 0).sum()) >= 8
-
-
-def _wall_and_lung() -> np.ndarray:
-    image = np.full((40, 40, 40), LUNG, dtype=np.float32)
-    image[:, :, :12] = SOFT  # chest wall along one side
-    return image
-
-
-@pytest.mark.parametrize("attached", [True, False])
-def test_pasted_nodules_sit_where_the_generator_puts_them(attached: bool) -> None:
-    small = nodule_bank([toy_study()])[0]  # the 4.5 mm solid nodule
-    rng = np.random.default_rng(3)
-    for _ in range(10):
-        image, label = _wall_and_lung(), np.zeros((40, 40, 40), dtype=np.float32)
-        center = paste_nodule(image, label, small, rng, attached_probability=1.0 if attached else 0.0)
-        assert center is not None
-        gap_mm = (center[2] - 11.5) * SPACING[2]  # centre to the wall's surface
-        if attached:
-            assert gap_mm <= 0.8 * small.radius_mm + 2.5
-        else:
-            assert gap_mm > small.radius_mm + 1.0
-        assert label[center] == 1.0
-        assert np.all(image[:, :, :12] == SOFT)  # the wall is never painted over
-        assert image[center] > 0.5  # the nodule is drawn in the lung
 
 
 def test_output_prior_starts_the_detector_near_background() -> None:
