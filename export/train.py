@@ -10,6 +10,7 @@ around true nodules and around hard negatives, whether a candidate is a nodule, 
 
 from __future__ import annotations
 
+import ctypes
 import math
 import subprocess
 import time
@@ -518,6 +519,32 @@ def mined_counts(mined: Mapping[str, Sequence[MinedCandidate]] | None) -> dict[s
     }
 
 
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def reuse_freed_memory() -> bool:
+    """Have glibc keep freed buffers of up to 32 MB in the heap for the next step to reuse.
+
+    A training step frees and reallocates the same activation-sized buffers; by default glibc
+    returns them to the system and every step pays the page faults again (a fifth of the
+    detector's CPU time went to the kernel). Measured on 2 cores: 1.26 -> 0.97 s per detector
+    step. Returns False (and changes nothing) where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (_M_MMAP_THRESHOLD, 32 << 20),
+            (_M_TRIM_THRESHOLD, 1 << 30),
+            (_M_TOP_PAD, 256 << 20),
+        )
+    )
+
+
 def _fit(
     net: nn.Module,
     next_batch: Callable[[], tuple[torch.Tensor, Any]],
@@ -532,6 +559,7 @@ def _fit(
     The network ends on the CPU, in eval mode, so checkpoints never hold device tensors.
     """
     version = code_version()  # before training: the tree may change during a long run
+    reuse_freed_memory()
     device = torch.device(cfg.device)
     net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from export.train import (
     mined_counts,
     nodule_index_volume,
     nodule_voxel_weight,
+    reuse_freed_memory,
     train_detector,
 )
 from pipeline.serving import PROJECT_ROOT
@@ -156,3 +158,8 @@ def test_training_on_cuda_returns_cpu_weights() -> None:
     ckpt = train_detector([toy_study()], cfg, log=lambda _: None)
     assert all(t.device.type == "cpu" for t in ckpt.state_dict.values())
     assert ckpt.training["device"] != "cpu"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's mallopt")
+def test_training_keeps_freed_buffers_for_the_next_step() -> None:
+    assert reuse_freed_memory()
