@@ -23,6 +23,7 @@ import torch
 from monai.losses import DiceLoss
 from monai.transforms import (
     Compose,
+    RandAffined,
     RandAxisFlipd,
     RandGaussianNoised,
     RandRotate90d,
@@ -186,10 +187,22 @@ def paste_nodule(
 _PATCH_KEYS = ("image", "label", "weight")
 
 
-def detector_augmentation() -> Compose:
-    """Flips, axial 90-degree turns and intensity jitter (MONAI dictionary transforms)."""
+def detector_augmentation(cfg: TrainConfig) -> Compose:
+    """Turns and scaling (from a :func:`context_size` crop down to the patch), flips, axial
+    90-degree turns and intensity jitter (MONAI dictionary transforms)."""
+    turn = (cfg.rotate_rad,) * 3
     return Compose(
         [
+            # Without a draw it is a plain centre crop to the patch, so every patch has one size.
+            RandAffined(
+                keys=_PATCH_KEYS,
+                spatial_size=cfg.patch,
+                prob=cfg.affine_probability,
+                rotate_range=turn,
+                scale_range=(cfg.scale_fraction,) * 3,
+                mode=("bilinear", "nearest", "nearest"),
+                padding_mode="border",
+            ),
             RandAxisFlipd(keys=_PATCH_KEYS, prob=0.5),
             RandRotate90d(keys=_PATCH_KEYS, prob=0.5, spatial_axes=(0, 1)),
             RandScaleIntensityd(keys="image", factors=0.08, prob=0.5),
@@ -197,6 +210,14 @@ def detector_augmentation() -> Compose:
             RandGaussianNoised(keys="image", std=0.015, prob=0.3),
         ]
     )
+
+
+def context_size(cfg: TrainConfig) -> tuple[int, int, int]:
+    """The crop a patch is turned and scaled out of: large enough that no corner of the patch
+    falls outside it at the largest angle and the smallest scale."""
+    turned = abs(math.cos(cfg.rotate_rad)) + abs(math.sin(cfg.rotate_rad)) * math.sqrt(2.0)
+    grow = turned * (1.0 + cfg.scale_fraction)
+    return tuple(math.ceil(p * grow / 2.0) * 2 for p in cfg.patch)  # type: ignore[return-value]
 
 
 @dataclass
@@ -232,7 +253,8 @@ class DetectorPatches:
                 _DetectorStudy(s.image, index, weights, centers, hard_negative_indices(s, rng))
             )
         self.with_nodules = [s for s in self.studies if len(s.centers)]
-        self.augment = detector_augmentation()
+        self.augment = detector_augmentation(cfg)
+        self.context = context_size(cfg)
 
     def patch(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One augmented patch as ``{"image", "label", "weight"}`` (each ``(1, *patch)``)."""
@@ -244,14 +266,18 @@ class DetectorPatches:
         else:
             s = self.studies[rng.integers(len(self.studies))]
             center = np.asarray(np.unravel_index(s.negatives[rng.integers(len(s.negatives))], s.image.shape))
-        image = crop_around(s.image, center, cfg.patch)
-        index = crop_around(s.index, center, cfg.patch).astype(np.int64)
+        image = crop_around(s.image, center, self.context)
+        index = crop_around(s.index, center, self.context).astype(np.int64)
         label = (index > 0).astype(np.float32)
         weight = s.weights[index]
-        if self.bank and not label.any() and rng.uniform() < cfg.paste_probability:
+        # Pasted into the middle, the part a turn keeps, and only where no real nodule is near.
+        middle = tuple(
+            slice((c - p) // 2, (c - p) // 2 + p) for c, p in zip(self.context, cfg.patch, strict=True)
+        )
+        if self.bank and not label[middle].any() and rng.uniform() < cfg.paste_probability:
             k = int(rng.integers(len(self.bank)))
             pasted = np.zeros_like(label)
-            if paste_nodule(image, pasted, self.bank[k], rng) is not None:
+            if paste_nodule(image[middle], pasted[middle], self.bank[k], rng) is not None:
                 label = np.maximum(label, pasted)
                 weight = np.where(pasted > 0, self.bank_weights[k], weight).astype(np.float32)
         sample = {"image": image[None], "label": label[None], "weight": weight[None]}
