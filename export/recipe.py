@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+PRECISIONS = ("auto", "fp32", "bf16")  # of TrainConfig.precision
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -33,6 +35,9 @@ class TrainConfig:
     scale_fraction: float = 0.15
     affine_probability: float = 0.8
     device: str = "cpu"
+    # "bf16": convolutions in bfloat16 (weights and loss stay float32); "auto": bf16 where the
+    # device does it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else "fp32".
+    precision: str = "auto"
     loader_workers: int = 0  # batch-making processes (0: in the training process)
 
 

@@ -18,9 +18,11 @@ from export.train import (
     TrainConfig,
     classifier_samples,
     detector_loss,
+    effective_precision,
     init_output_prior,
     mine_candidates,
     mined_counts,
+    native_bf16,
     nodule_index_volume,
     nodule_voxel_weight,
     reuse_freed_memory,
@@ -164,6 +166,25 @@ def test_a_few_steps_train_and_end_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -
     assert all(t.device.type == "cpu" for t in ckpt.state_dict.values())
     assert len(ckpt.training["loss_history"]) == 1
     assert ckpt.training["device"] == "cpu"
+
+
+def test_precision_auto_means_bf16_only_where_the_hardware_has_it() -> None:
+    cpu = torch.device("cpu")
+    assert effective_precision("fp32", cpu) == "fp32"
+    assert effective_precision("bf16", cpu) == "bf16"
+    assert effective_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        effective_precision("fp16", cpu)
+
+
+@pytest.mark.slow
+def test_bf16_training_keeps_float32_weights_and_records_it() -> None:
+    cfg = TrainConfig(steps=3, batch=2, patch=(32, 32, 32), threads=1, precision="bf16")
+    ckpt = train_detector([toy_study()], cfg, log=lambda _: None)
+    assert ckpt.training["precision"] == "bf16"
+    weights = [t for t in ckpt.state_dict.values() if t.is_floating_point()]
+    assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in weights)
+    assert np.isfinite(ckpt.training["loss_history"]).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU training path not exercised")
