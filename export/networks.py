@@ -21,10 +21,6 @@ DETECTOR_KWARGS: dict[str, Any] = {
     "in_channels": 1,
     "out_channels": 1,
     "features": (8, 8, 16, 32, 64, 8),
-    # Batch norm, not MONAI's default instance norm: instance norm takes its statistics from the
-    # patch, so a nodule's answer depended on what else the window held (one 6.7 mm nodule: 0.78
-    # in one window, 0.02 in the job's). With running statistics it depends on its surroundings only.
-    "norm": ("batch", {"affine": True}),
 }
 DETECTOR_PATCH = (64, 64, 64)
 

@@ -28,12 +28,6 @@ class TrainConfig:
     # most ``max_voxel_weight`` each), so a 4 mm nodule matters as much as a 25 mm one.
     balance_diameter_mm: float = 12.0
     max_voxel_weight: float = 50.0
-    # Detector patches are turned about every axis by up to this angle and scaled by up to this
-    # fraction (with ``affine_probability``), so a nodule is seen against ever other walls and
-    # vessels than the few dozen in the training cohort.
-    rotate_rad: float = 0.35
-    scale_fraction: float = 0.15
-    affine_probability: float = 0.8
     device: str = "cpu"
     # "bf16": convolutions in bfloat16 (weights and loss stay float32); "auto": bf16 where the
     # device does it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else "fp32".

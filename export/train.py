@@ -23,7 +23,6 @@ import torch
 from monai.losses import DiceLoss
 from monai.transforms import (
     Compose,
-    RandAffined,
     RandAxisFlipd,
     RandGaussianNoised,
     RandRotate90d,
@@ -187,22 +186,10 @@ def paste_nodule(
 _PATCH_KEYS = ("image", "label", "weight")
 
 
-def detector_augmentation(cfg: TrainConfig) -> Compose:
-    """Turns and scaling (from a :func:`context_size` crop down to the patch), flips, axial
-    90-degree turns and intensity jitter (MONAI dictionary transforms)."""
-    turn = (cfg.rotate_rad,) * 3
+def detector_augmentation() -> Compose:
+    """Flips, axial 90-degree turns and intensity jitter (MONAI dictionary transforms)."""
     return Compose(
         [
-            # Without a draw it is a plain centre crop to the patch, so every patch has one size.
-            RandAffined(
-                keys=_PATCH_KEYS,
-                spatial_size=cfg.patch,
-                prob=cfg.affine_probability,
-                rotate_range=turn,
-                scale_range=(cfg.scale_fraction,) * 3,
-                mode=("bilinear", "nearest", "nearest"),
-                padding_mode="border",
-            ),
             RandAxisFlipd(keys=_PATCH_KEYS, prob=0.5),
             RandRotate90d(keys=_PATCH_KEYS, prob=0.5, spatial_axes=(0, 1)),
             RandScaleIntensityd(keys="image", factors=0.08, prob=0.5),
@@ -212,21 +199,12 @@ def detector_augmentation(cfg: TrainConfig) -> Compose:
     )
 
 
-def context_size(cfg: TrainConfig) -> tuple[int, int, int]:
-    """The crop a patch is turned and scaled out of: large enough that no corner of the patch
-    falls outside it at the largest angle and the smallest scale."""
-    turned = abs(math.cos(cfg.rotate_rad)) + abs(math.sin(cfg.rotate_rad)) * math.sqrt(2.0)
-    grow = turned * (1.0 + cfg.scale_fraction)
-    return tuple(math.ceil(p * grow / 2.0) * 2 for p in cfg.patch)  # type: ignore[return-value]
-
-
 @dataclass
 class _DetectorStudy:
     image: np.ndarray
     index: np.ndarray  # nodule_index_volume
     weights: np.ndarray  # voxel weight per nodule index (0: background)
     centers: np.ndarray  # (n, 3) truth centres in voxels
-    radii: np.ndarray  # (n,) truth radii in voxels
     negatives: np.ndarray  # flat hard-negative indices
 
 
@@ -250,13 +228,11 @@ class DetectorPatches:
                 [1.0] + [nodule_voxel_weight(float(v), s.spacing, cfg) for v in voxels[1:]], dtype=np.float32
             )
             centers = np.array([n.center_ijk for n in s.nodules], dtype=np.float64).reshape(-1, 3)
-            radii = np.array([n.diameter_mm / 2.0 / min(s.spacing) for n in s.nodules], dtype=np.float64)
             self.studies.append(
-                _DetectorStudy(s.image, index, weights, centers, radii, hard_negative_indices(s, rng))
+                _DetectorStudy(s.image, index, weights, centers, hard_negative_indices(s, rng))
             )
         self.with_nodules = [s for s in self.studies if len(s.centers)]
-        self.augment = detector_augmentation(cfg)
-        self.context = context_size(cfg)
+        self.augment = detector_augmentation()
 
     def patch(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One augmented patch as ``{"image", "label", "weight"}`` (each ``(1, *patch)``)."""
@@ -264,27 +240,18 @@ class DetectorPatches:
         size = np.asarray(cfg.patch)
         if self.with_nodules and rng.uniform() < cfg.positive_fraction:
             s = self.with_nodules[rng.integers(len(self.with_nodules))]
-            k = rng.integers(len(s.centers))
-            # Anywhere in the patch, as in the job's sliding window: a network shown nodules near
-            # the middle only answered 0.78 at a nodule in the middle of a window and 0.02-0.6
-            # with the same nodule 20 voxels off it.
-            reach = np.maximum(size / 2 - max(s.radii[k], 4.0), 0.0)
-            center = s.centers[k] + rng.uniform(-1, 1, 3) * reach
+            center = s.centers[rng.integers(len(s.centers))] + rng.uniform(-1, 1, 3) * size / 4
         else:
             s = self.studies[rng.integers(len(self.studies))]
             center = np.asarray(np.unravel_index(s.negatives[rng.integers(len(s.negatives))], s.image.shape))
-        image = crop_around(s.image, center, self.context)
-        index = crop_around(s.index, center, self.context).astype(np.int64)
+        image = crop_around(s.image, center, cfg.patch)
+        index = crop_around(s.index, center, cfg.patch).astype(np.int64)
         label = (index > 0).astype(np.float32)
         weight = s.weights[index]
-        # Pasted into the middle, the part a turn keeps, and only where no real nodule is near.
-        middle = tuple(
-            slice((c - p) // 2, (c - p) // 2 + p) for c, p in zip(self.context, cfg.patch, strict=True)
-        )
-        if self.bank and not label[middle].any() and rng.uniform() < cfg.paste_probability:
+        if self.bank and not label.any() and rng.uniform() < cfg.paste_probability:
             k = int(rng.integers(len(self.bank)))
             pasted = np.zeros_like(label)
-            if paste_nodule(image[middle], pasted[middle], self.bank[k], rng) is not None:
+            if paste_nodule(image, pasted, self.bank[k], rng) is not None:
                 label = np.maximum(label, pasted)
                 weight = np.where(pasted > 0, self.bank_weights[k], weight).astype(np.float32)
         sample = {"image": image[None], "label": label[None], "weight": weight[None]}
