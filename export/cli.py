@@ -113,7 +113,8 @@ def train_command(
     workers: int = typer.Option(1, min=1, help="Processes rendering and caching the cohort."),
     loader_workers: int = typer.Option(0, min=0, help="Processes making detector batches (0: none)."),
     precision: str = typer.Option(
-        "auto", help="fp32, bf16, or auto: bf16 where the device has it in hardware, else fp32."
+        _RECIPE.detector.precision,
+        help="fp32, bf16, or auto: bf16 where the device has it in hardware, else fp32.",
     ),
     detector_from: Path = typer.Option(
         None,
