@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from export.recipe import PRECISIONS, ReferenceRecipe
+from export.recipe import ReferenceRecipe, TrainPrecision
 from export.tensorrt import Precision, TensorRTUnavailable
 from pipeline.analysis import CANDIDATE_THRESHOLD
 from pipeline.serving import PROJECT_ROOT
@@ -112,9 +112,8 @@ def train_command(
     device: str = typer.Option("cpu", help="Torch device to train on: cpu, cuda, cuda:1 ..."),
     workers: int = typer.Option(1, min=1, help="Processes rendering and caching the cohort."),
     loader_workers: int = typer.Option(0, min=0, help="Processes making detector batches (0: none)."),
-    precision: str = typer.Option(
-        _RECIPE.detector.precision,
-        help="fp32, bf16, or auto: bf16 where the device has it in hardware, else fp32.",
+    precision: TrainPrecision = typer.Option(
+        _RECIPE.detector.precision, help="auto: bf16 where the device has it in hardware, else fp32."
     ),
     detector_from: Path = typer.Option(
         None,
@@ -129,9 +128,6 @@ def train_command(
     if device.startswith("cuda") and not _cuda_available():
         console.print(f"[red]--device {device}: this torch build sees no CUDA device.[/red]")
         raise typer.Exit(2)
-    if precision not in PRECISIONS:
-        console.print(f"[red]--precision {precision}: choose one of {', '.join(PRECISIONS)}.[/red]")
-        raise typer.Exit(2)
     recipe = replace(
         _RECIPE,
         train_studies=train_studies,
@@ -142,9 +138,11 @@ def train_command(
             steps=detector_steps,
             device=device,
             loader_workers=loader_workers,
-            precision=precision,
+            precision=precision.value,
         ),
-        classifier=replace(_RECIPE.classifier, steps=classifier_steps, device=device, precision=precision),
+        classifier=replace(
+            _RECIPE.classifier, steps=classifier_steps, device=device, precision=precision.value
+        ),
     )
     workdir.mkdir(parents=True, exist_ok=True)
     det, cls = train_reference(workdir, recipe, console.print, detector_from)

@@ -7,8 +7,17 @@ with it the screening job's driver) can read the defaults without importing torc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-PRECISIONS = ("auto", "fp32", "bf16")  # of TrainConfig.precision
+
+class TrainPrecision(StrEnum):
+    """``bf16``: the forward pass under bfloat16 autocast (weights and loss stay float32);
+    ``auto``: bf16 where the device does it natively (CUDA with bf16, CPUs with AVX-512 BF16 or
+    AMX), else fp32."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
 @dataclass(frozen=True)
@@ -29,11 +38,9 @@ class TrainConfig:
     balance_diameter_mm: float = 12.0
     max_voxel_weight: float = 50.0
     device: str = "cpu"
-    # "bf16": convolutions in bfloat16 (weights and loss stay float32); "auto": bf16 where the
-    # device does it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else "fp32".
     # fp32 by default: the committed weights were trained so, and bf16's effect on their quality
     # has not been measured apart from other changes.
-    precision: str = "fp32"
+    precision: str = TrainPrecision.FP32.value  # a plain str: checkpoints load with weights_only
     loader_workers: int = 0  # batch-making processes (0: in the training process)
 
 
