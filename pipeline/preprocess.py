@@ -80,7 +80,8 @@ def lung_mask(pre: Preprocessed, spec: ModelSpec, step: int = 2) -> tuple[np.nda
     """A coarse lung mask (every ``step``-th voxel) and its step.
 
     Air connected to the volume's border is outside the body; the largest remaining
-    low-density components are the lungs (and airways). Empty when none is found.
+    low-density components are the lungs (and airways), with the vessels and nodules they
+    enclose in each axial slice. Empty when none is found.
     """
     low, high = spec.hu_window
     threshold = (LUNG_HU_THRESHOLD - low) / (high - low)
@@ -96,7 +97,15 @@ def lung_mask(pre: Preprocessed, spec: ModelSpec, step: int = 2) -> tuple[np.nda
         return np.zeros_like(small), step
     biggest = max(inside)[0]
     keep = [lab for size, lab in inside if size >= 0.2 * biggest]
-    return np.isin(labels, keep), step
+    # Vessels and nodules are dense, so the air threshold leaves them out of the lungs; a mass
+    # of more than twice the gate's margin would keep its centre outside the grown mask (and
+    # its candidate on the rim). Filled in each axial slice, as lung segmentations do.
+    return ndimage.binary_fill_holes(np.isin(labels, keep), structure=_AXIAL_NEIGHBOURS), step
+
+
+# 4-connectivity within each axial slice (the third axis is superior), none across slices.
+_AXIAL_NEIGHBOURS = np.zeros((3, 3, 3), dtype=bool)
+_AXIAL_NEIGHBOURS[:, :, 1] = ndimage.generate_binary_structure(2, 1)
 
 
 def lung_box(pre: Preprocessed, spec: ModelSpec) -> tuple[slice, slice, slice]:

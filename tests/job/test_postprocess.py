@@ -109,3 +109,16 @@ def test_lung_region_covers_the_lungs_and_a_margin_not_the_body() -> None:
     assert region[39, 30, 20]  # between them, within the margin of both
     assert not region[15, 15, 2] and not region[0, 0, 0]  # body wall far from the lungs, outside air
     assert region.sum() < 1.5 * ((image == 0.1).sum())
+
+
+def test_lung_region_keeps_the_centre_of_a_mass_inside_the_lung() -> None:
+    shape = (80, 80, 60)
+    image = np.zeros(shape, dtype=np.float32)
+    image[5:75, 5:75, :] = 0.75
+    image[10:70, 10:70, 5:55] = 0.1  # one wide lung
+    image += 0.65 * _sphere(shape, (40, 40, 30), 12.0)  # a solid 36 mm mass well inside it
+    pre = Preprocessed(image, np.eye(4), (1.5, 1.5, 1.5))
+    region = lung_region(pre, DETECTOR_SPEC, margin_mm=3.0)
+    # The air threshold alone leaves the mass out; it is 18 mm from air, beyond any margin.
+    assert region[40, 40, 30]
+    assert not region[7, 7, 30]  # the body wall stays outside
