@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from export.recipe import ReferenceRecipe, TrainPrecision
+from export.recipe import ReferenceRecipe, TrainConfig, TrainPrecision
 from export.tensorrt import Precision, TensorRTUnavailable
 from pipeline.analysis import CANDIDATE_THRESHOLD
 from pipeline.serving import PROJECT_ROOT
@@ -105,6 +105,11 @@ def train_command(
     workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where cohorts, caches and checkpoints go."),
     train_studies: int = typer.Option(_RECIPE.train_studies, min=1, help="Synthetic training studies."),
     detector_steps: int = typer.Option(_RECIPE.detector.steps, min=1, help="Detector optimisation steps."),
+    restart_steps: int = typer.Option(
+        _RECIPE.detector_restart.steps if _RECIPE.detector_restart else 0,
+        min=0,
+        help="Steps of the detector's warm restart from its first cycle (0: none).",
+    ),
     classifier_steps: int = typer.Option(
         _RECIPE.classifier.steps, min=1, help="Classifier optimisation steps."
     ),
@@ -113,7 +118,9 @@ def train_command(
     workers: int = typer.Option(1, min=1, help="Processes rendering and caching the cohort."),
     loader_workers: int = typer.Option(0, min=0, help="Processes making detector batches (0: none)."),
     precision: TrainPrecision = typer.Option(
-        _RECIPE.detector.precision, help="auto: bf16 where the device has it in hardware, else fp32."
+        None,
+        help="Every stage's precision (default: the recipe's per stage); auto: bf16 where the device "
+        "has it in hardware, else fp32.",
     ),
     detector_from: Path = typer.Option(
         None,
@@ -128,21 +135,25 @@ def train_command(
     if device.startswith("cuda") and not _cuda_available():
         console.print(f"[red]--device {device}: this torch build sees no CUDA device.[/red]")
         raise typer.Exit(2)
+
+    def stage(cfg: TrainConfig, **changes: object) -> TrainConfig:
+        if precision is not None:
+            changes["precision"] = precision.value
+        return replace(cfg, device=device, **changes)
+
+    # Without a restart in the recipe, one asked for here repeats the first cycle's settings on
+    # another seed, so it does not replay the first cycle's batches.
+    restart = _RECIPE.detector_restart or replace(_RECIPE.detector, seed=_RECIPE.detector.seed + 1)
     recipe = replace(
         _RECIPE,
         train_studies=train_studies,
         train_profile=profile,
         workers=workers,
-        detector=replace(
-            _RECIPE.detector,
-            steps=detector_steps,
-            device=device,
-            loader_workers=loader_workers,
-            precision=precision.value,
-        ),
-        classifier=replace(
-            _RECIPE.classifier, steps=classifier_steps, device=device, precision=precision.value
-        ),
+        detector=stage(_RECIPE.detector, steps=detector_steps, loader_workers=loader_workers),
+        detector_restart=stage(restart, steps=restart_steps, loader_workers=loader_workers)
+        if restart_steps
+        else None,
+        classifier=stage(_RECIPE.classifier, steps=classifier_steps),
     )
     workdir.mkdir(parents=True, exist_ok=True)
     det, cls = train_reference(workdir, recipe, console.print, detector_from)

@@ -53,6 +53,8 @@ class ReferenceRecipe:
     train_profile: str = "screening"
     eval_profile: str = "screening"
     detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2400, batch=8))
+    # A second cosine cycle from the first one's weights (a warm restart). None: one cycle only.
+    detector_restart: TrainConfig | None = None
     classifier: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=1500, batch=32, learning_rate=1e-3)
     )

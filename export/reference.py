@@ -69,6 +69,10 @@ def train_reference(
     if detector_from is None:
         detector = train_detector(studies, recipe.detector, log)
         detector.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
+        if recipe.detector_restart is not None:
+            log("detector: warm restart from the first cycle's weights")
+            detector = train_detector(studies, recipe.detector_restart, log, start=detector)
+            detector.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
         detector.save(det_path)
     else:
         detector = Checkpoint.load(detector_from)

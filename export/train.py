@@ -325,14 +325,26 @@ def init_output_prior(net: nn.Module, prior: float) -> None:
     nn.init.constant_(last.bias, math.log(prior / (1.0 - prior)))
 
 
-def train_detector(studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = print) -> Checkpoint:
-    """Train the nodule detector; returns its checkpoint."""
+def train_detector(
+    studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = print, start: Checkpoint | None = None
+) -> Checkpoint:
+    """Train the nodule detector; returns its checkpoint.
+
+    ``start`` continues from a trained detector's weights with a fresh cosine cycle of ``cfg``
+    (a warm restart) instead of from random weights; its training record is kept under
+    ``previous`` in the new one.
+    """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     patches = DetectorPatches(studies, cfg, np.random.default_rng(cfg.seed))
     next_batch = batches(patches.batch, cfg)
-    net = build_module(DETECTOR_FACTORY, DETECTOR_KWARGS)
-    init_output_prior(net, OUTPUT_PRIOR)
+    if start is None:
+        factory, kwargs, spec = DETECTOR_FACTORY, DETECTOR_KWARGS, DETECTOR_SPEC
+        net = build_module(factory, kwargs)
+        init_output_prior(net, OUTPUT_PRIOR)
+    else:
+        factory, kwargs, spec = start.factory, start.kwargs, start.spec
+        net = start.build()
 
     def split() -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         image, label, weight = next_batch()
@@ -340,14 +352,15 @@ def train_detector(studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = 
 
     history = _fit(net, split, detector_loss, cfg, log, "detector")
     return Checkpoint(
-        DETECTOR_FACTORY,
-        DETECTOR_KWARGS,
+        factory,
+        kwargs,
         net.state_dict(),
-        DETECTOR_SPEC,
+        spec,
         {
             "config": asdict(cfg),
             "studies": [s.key for s in studies],
             **history,
+            **({"previous": start.training} if start is not None else {}),
         },
     )
 

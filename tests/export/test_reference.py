@@ -50,3 +50,34 @@ def test_a_cached_study_is_redone_when_its_truth_changed(tmp_path: Path) -> None
     assert cache_cohort(cohort, cache, DETECTOR_SPEC) == [path]
     assert path.stat().st_mtime_ns != stamp
     assert load_cached(path).nodules == ()
+
+
+def test_train_options_reach_every_stage_of_the_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from export.recipe import ReferenceRecipe
+    from pipeline.cli import app
+
+    seen: list[ReferenceRecipe] = []
+
+    def capture(
+        workdir: Path, recipe: ReferenceRecipe, log: object, detector_from: object
+    ) -> tuple[Path, Path]:
+        seen.append(recipe)
+        return workdir / "d.pt", workdir / "c.pt"
+
+    monkeypatch.setattr("export.reference.train_reference", capture)
+    args = ["train", "--workdir", str(tmp_path), "--restart-steps", "5", "--precision", "bf16"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (
+        CliRunner().invoke(app, ["train", "--workdir", str(tmp_path), "--restart-steps", "0"]).exit_code == 0
+    )
+    restarted, single = seen
+    assert restarted.detector_restart is not None and restarted.detector_restart.steps == 5
+    assert restarted.detector_restart.seed != restarted.detector.seed
+    stages = (restarted.detector, restarted.detector_restart, restarted.classifier)
+    assert {cfg.precision for cfg in stages} == {"bf16"}
+    assert single.detector_restart is None
+    assert single.detector.precision == ReferenceRecipe().detector.precision  # the recipe's own

@@ -154,6 +154,18 @@ def test_a_few_steps_train_and_end_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -
     assert ckpt.training["device"] == "cpu"
 
 
+@pytest.mark.slow
+def test_a_warm_restart_starts_from_the_given_detector_and_keeps_its_record() -> None:
+    cfg = TrainConfig(steps=2, batch=2, patch=(32, 32, 32), threads=1)
+    first = train_detector([toy_study()], cfg, log=lambda _: None)
+    frozen = TrainConfig(steps=2, batch=2, patch=(32, 32, 32), threads=1, learning_rate=0.0, seed=7)
+    second = train_detector([toy_study()], frozen, log=lambda _: None, start=first)
+    # With a zero learning rate the restart must hand back exactly the weights it started from.
+    assert all(torch.equal(second.state_dict[k], v) for k, v in first.state_dict.items())
+    assert second.training["previous"] == first.training
+    assert second.training["config"]["seed"] == 7
+
+
 def test_precision_auto_means_bf16_only_where_the_hardware_has_it() -> None:
     cpu = torch.device("cpu")
     assert effective_precision("fp32", cpu) == "fp32"
