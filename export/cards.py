@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from export.checkpoint import Checkpoint
 from export.evaluate import Evaluation
@@ -32,16 +33,27 @@ def _reproduce(command: str) -> str:
     )
 
 
+def _cycle(t: dict[str, Any]) -> str:
+    cfg = t.get("config", {})
+    return (
+        f"{cfg.get('steps', '?')} steps, learning rate {cfg.get('learning_rate', '?')}, seed "
+        f"{cfg.get('seed', '?')}, {t.get('precision', cfg.get('precision', '?'))}, "
+        f"{t.get('train_seconds', 0):.0f} s on {t.get('device', 'cpu')}, code "
+        f"`{t.get('code_version', 'unknown')}`"
+    )
+
+
 def _training(ckpt: Checkpoint) -> str:
     t = ckpt.training
     data = t.get("data", {})
-    cfg = t.get("config", {})
+    cycles = [t]
+    while "previous" in cycles[0]:  # warm restarts: list the cycles in the order they ran
+        cycles.insert(0, cycles[0]["previous"])
+    steps = "\n".join(f"- Cycle {i}: {_cycle(c)}." for i, c in enumerate(cycles, 1))
     return (
         f"- Data: {data.get('studies', '?')} synthetic studies from `synth` (profile "
         f"`{data.get('profile', '?')}`, seed {data.get('seed', '?')}).\n"
-        f"- Steps: {cfg.get('steps', '?')}, learning rate {cfg.get('learning_rate', '?')}, "
-        f"seed {cfg.get('seed', '?')}, {t.get('train_seconds', 0):.0f} s on CPU.\n"
-        f"- Code version: `{t.get('code_version', 'unknown')}`.\n"
+        f"{steps}\n"
         f"- Network: `{ckpt.factory}` with `{ckpt.kwargs}`."
     )
 
