@@ -35,11 +35,16 @@ def _reproduce(command: str) -> str:
 
 def _cycle(t: dict[str, Any]) -> str:
     cfg = t.get("config", {})
-    return (
-        f"{cfg.get('steps', '?')} steps, learning rate {cfg.get('learning_rate', '?')}, seed "
-        f"{cfg.get('seed', '?')}, {t.get('precision', cfg.get('precision', '?'))}, "
-        f"{t.get('train_seconds', 0):.0f} s on {t.get('device', 'cpu')}, code "
-        f"`{t.get('code_version', 'unknown')}`"
+    precision = t.get("precision")  # not recorded by checkpoints older than the option
+    return ", ".join(
+        [
+            f"{cfg.get('steps', '?')} steps",
+            f"learning rate {cfg.get('learning_rate', '?')}",
+            f"seed {cfg.get('seed', '?')}",
+            *([precision] if precision else []),
+            f"{t.get('train_seconds', 0):.0f} s on {t.get('device', 'cpu')}",
+            f"code `{t.get('code_version', 'unknown')}`",
+        ]
     )
 
 
