@@ -48,13 +48,19 @@ class TrainConfig:
 class ReferenceRecipe:
     """How much data and training the reference models get."""
 
-    train_studies: int = 48
+    train_studies: int = 144
     eval_studies: int = 24
     train_profile: str = "screening"
     eval_profile: str = "screening"
     detector: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2400, batch=8))
-    # A second cosine cycle from the first one's weights (a warm restart). None: one cycle only.
-    detector_restart: TrainConfig | None = None
+    # A second cosine cycle from the first one's weights (a warm restart). Measured on the
+    # held-out cohort: 27 of 40 nodules became candidates with 4.0 false positives per scan,
+    # against 24 with 4.8 after the first cycle alone (export/README.md). None: one cycle only.
+    detector_restart: TrainConfig | None = field(
+        default_factory=lambda: TrainConfig(
+            steps=3000, batch=8, learning_rate=1e-3, seed=7, precision=TrainPrecision.BF16.value
+        )
+    )
     classifier: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=1500, batch=32, learning_rate=1e-3)
     )
