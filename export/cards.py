@@ -8,6 +8,7 @@ from typing import Any
 from export.checkpoint import Checkpoint
 from export.evaluate import Evaluation
 from export.spec import SYNTHETIC_DATA_NOTICE
+from pipeline.analysis import DETECTOR_SCORE_WEIGHT
 
 GOALS = {"cpm": 0.90, "sens_1fp_6mm": 0.95, "malignancy_auc": 0.90}
 
@@ -101,7 +102,8 @@ def detector_card(ev: Evaluation, ckpt: Checkpoint, command: str) -> str:
 ## Evaluation (held-out synthetic cohort, measured by `lungscreen evaluate`)
 {ev.studies} studies, {ev.nodules} nodules, generated with a seed never used in training.
 Detection scored the LUNA16 way: a candidate is a hit when its centre lies within the
-nodule's radius; score = sqrt(detector peak probability x classifier nodule probability).
+nodule's radius; score = detector peak probability^{DETECTOR_SCORE_WEIGHT:g} x classifier nodule
+probability^{1 - DETECTOR_SCORE_WEIGHT:g}.
 
 | false positives per scan | sensitivity |
 | --- | --- |

@@ -136,8 +136,9 @@ def test_the_reference_detector_mines_the_large_toy_nodule_as_a_hit() -> None:
     detector = Checkpoint.load(PROJECT_ROOT / "export" / "checkpoints" / "lung_nodule_detector.pt")
     study = toy_study()
     mined = mine_candidates([study], detector)["toy"]
-    hits = [c for c in mined if c.nodule is not None]
-    assert [c.nodule for c in hits] == [1]
+    # Whether the 4.5 mm one is found as well depends on the weights; the 15 mm one must be.
+    hits = [c for c in mined if c.nodule == 1]
+    assert len(hits) == 1
     offset = np.subtract(hits[0].center_ijk, study.nodules[1].center_ijk) * SPACING
     assert np.linalg.norm(offset) <= study.nodules[1].diameter_mm / 2
 
