@@ -66,13 +66,14 @@ def train_reference(
     studies = [load_cached(p) for p in paths]
     log(f"training on {len(studies)} studies, {sum(len(s.nodules) for s in studies)} nodules")
     det_path = workdir / f"{DETECTOR_SPEC.name}.pt"
+    data = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
     if detector_from is None:
         detector = train_detector(studies, recipe.detector, log)
-        detector.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
+        detector.training["data"] = data
         if recipe.detector_restart is not None:
             log("detector: warm restart from the first cycle's weights")
             detector = train_detector(studies, recipe.detector_restart, log, start=detector)
-            detector.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
+            detector.training["data"] = data
         detector.save(det_path)
     else:
         detector = Checkpoint.load(detector_from)
@@ -84,7 +85,7 @@ def train_reference(
         mined = mine_candidates(studies, detector)
         log(f"detector candidates in the training studies: {mined_counts(mined)}")
     classifier = train_classifier(studies, recipe.classifier, log, mined)
-    classifier.training["data"] = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
+    classifier.training["data"] = data
     cls_path = classifier.save(workdir / f"{CLASSIFIER_SPEC.name}.pt")
     return det_path, cls_path
 
