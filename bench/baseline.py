@@ -2,8 +2,8 @@
 
 What a user would write: MONAI ``LoadImage`` on each study's thin series, ``Orientation`` /
 ``ScaleIntensityRange`` / ``Spacing``, ``sliding_window_inference`` with the same detector in
-PyTorch, the same candidate extraction and classifier, everything appended to a list and
-written to Parquet at the end.
+PyTorch (mirrored at test time as the detector's spec says), the same candidate extraction and
+classifier, everything appended to a list and written to Parquet at the end.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from export.checkpoint import Checkpoint
 from export.dataset import thin_series_files
 from export.evaluate import TorchRunner
 from pipeline.analysis import AnalysisConfig, classify
+from pipeline.patches import flip_averaged
 from pipeline.postprocess import extract_candidates
 from pipeline.preprocess import Preprocessed, lung_box, lung_region, model_transform
 
@@ -37,6 +38,7 @@ def run_baseline(
     to_cf = EnsureChannelFirst()
     transform = model_transform(detector.spec)
     spec = detector.spec
+    mirrored = flip_averaged(lambda bs: [det(torch.from_numpy(b)).numpy() for b in bs], spec.test_time_flips)
     rows: list[dict[str, Any]] = []
     seconds = {"load": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
     started = time.perf_counter()
@@ -52,7 +54,7 @@ def run_baseline(
                 torch.from_numpy(pre.array)[None, None],
                 roi_size=spec.patch_size,
                 sw_batch_size=4,
-                predictor=det,
+                predictor=lambda x: torch.from_numpy(mirrored([x.numpy()])[0]),
                 overlap=spec.overlap,
                 mode="gaussian",
             )

@@ -7,7 +7,7 @@ from typing import Any
 
 from export.checkpoint import Checkpoint
 from export.evaluate import Evaluation
-from export.spec import SYNTHETIC_DATA_NOTICE
+from export.spec import SYNTHETIC_DATA_NOTICE, ModelSpec
 from pipeline.analysis import DETECTOR_SCORE_WEIGHT
 
 GOALS = {"cpm": 0.90, "sens_1fp_6mm": 0.95, "malignancy_auc": 0.90}
@@ -64,6 +64,15 @@ def _training(ckpt: Checkpoint) -> str:
     )
 
 
+def _mirroring(spec: ModelSpec) -> str:
+    if not spec.test_time_flips:
+        return ""
+    copies = ", ".join(
+        "flipped on axes " + "+".join(map(str, axes)) if axes else "as is" for axes in spec.test_time_flips
+    )
+    return f"- test-time mirroring: each patch's logits are the mean over the patch {copies}\n"
+
+
 def _header(ckpt: Checkpoint, what: str) -> str:
     spec = ckpt.spec
     return f"""# {spec.name}
@@ -82,7 +91,7 @@ inform any clinical decision.
   scaled to 0..1, patch {spec.patch_size}, overlap {spec.overlap}
 - inputs: {", ".join(f"`{t.name}` {t.shape} ({t.meaning})" for t in spec.inputs)}
 - outputs: {", ".join(f"`{t.name}` {t.shape} ({t.meaning})" for t in spec.outputs)}
-"""
+{_mirroring(spec)}"""
 
 
 def detector_card(ev: Evaluation, ckpt: Checkpoint, command: str) -> str:

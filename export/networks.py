@@ -47,6 +47,10 @@ DETECTOR_SPEC = ModelSpec(
     hu_window=HU_WINDOW,
     patch_size=DETECTOR_PATCH,
     overlap=0.25,
+    # The patch as it is and mirrored along each axis (training flips patches the same way).
+    # Measured on the held-out cohort (export/README.md): fewer false positives per scan at
+    # every candidate threshold, for four times the detector's compute.
+    test_time_flips=((), (0,), (1,), (2,)),
     inputs=(
         TensorIO(name="image", shape=(1, *DETECTOR_PATCH), meaning="HU window -1000..400 scaled to 0..1"),
     ),

@@ -16,7 +16,7 @@ import numpy as np
 
 from export.networks import CLASSIFIER_SLOTS
 from export.spec import ModelSpec
-from pipeline.patches import plan_patches, sliding_window
+from pipeline.patches import flip_averaged, plan_patches, sliding_window
 from pipeline.postprocess import Candidate, crop_around, extract_candidates, ras_to_lps
 from pipeline.preprocess import Preprocessed, lung_box, lung_region
 
@@ -118,7 +118,8 @@ def detect(
     cfg: AnalysisConfig,
     box: tuple[slice, slice, slice],
 ) -> tuple[list[Candidate], int, dict[str, float]]:
-    """The detector over the lung box, stitched, gated to the lungs and cut into candidates.
+    """The detector over the lung box (mirrored as its spec says), stitched, gated to the lungs
+    and cut into candidates.
 
     Returns the candidates, the number of patches and the seconds of each part.
     """
@@ -127,7 +128,7 @@ def detect(
     probs = sliding_window(
         pre.array,
         grid,
-        lambda batches: runner.run_many(detector.name, batches),
+        flip_averaged(lambda batches: runner.run_many(detector.name, batches), detector.test_time_flips),
         cfg.detector_batch,
         cfg.in_flight,
     )

@@ -125,3 +125,22 @@ def sliding_window(
     if pending:
         flush()
     return stitcher.probabilities()
+
+
+def flip_averaged(predict_many: PredictMany, flips: Sequence[tuple[int, ...]]) -> PredictMany:
+    """``predict_many`` with test-time mirroring: each batch ``(N, C, *patch)`` also goes through
+    flipped along each entry's spatial axes, every output is flipped back, and the outputs are
+    averaged (a model spec's ``test_time_flips``). All copies go out in one call, so a remote
+    runner has them in flight together."""
+    if not flips:
+        return predict_many
+
+    def mirror(batch: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+        return np.flip(batch, tuple(2 + a for a in axes)) if axes else batch
+
+    def predict(batches: list[np.ndarray]) -> list[np.ndarray]:
+        copies = [np.ascontiguousarray(mirror(b, axes)) for b in batches for axes in flips]
+        outputs = iter(predict_many(copies))
+        return [np.mean([mirror(next(outputs), axes) for axes in flips], axis=0) for _ in batches]
+
+    return predict

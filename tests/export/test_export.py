@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import tritonclient.grpc as grpcclient
 
 from export.checkpoint import Checkpoint
 from export.model_export import export_checkpoint
+from export.networks import CLASSIFIER_SPEC, DETECTOR_SPEC
 from export.onnx import check_parity, export_onnx, parity_inputs
 from export.repository import parse_config
 from export.spec import SPEC_PARAMETER, ModelSpec
@@ -32,6 +34,18 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert loaded.spec == ckpt.spec
     x = torch.rand(1, 1, 32, 32, 32)
     torch.testing.assert_close(loaded.build()(x), ckpt.build()(x))
+
+
+def test_test_time_flips_travel_with_the_spec_and_are_checked() -> None:
+    assert ModelSpec.from_parameter(DETECTOR_SPEC.to_parameter()) == DETECTOR_SPEC
+    assert DETECTOR_SPEC.test_time_flips
+    older = json.loads(DETECTOR_SPEC.to_parameter())
+    del older["test_time_flips"]  # a spec exported before the field existed runs one pass
+    assert ModelSpec.from_parameter(json.dumps(older)).test_time_flips == ()
+    with pytest.raises(ValueError, match="spatial axes 0-2"):
+        ModelSpec.model_validate({**DETECTOR_SPEC.model_dump(), "test_time_flips": ((3,),)})
+    with pytest.raises(ValueError, match="only a segmentation model"):
+        ModelSpec.model_validate({**CLASSIFIER_SPEC.model_dump(), "test_time_flips": ((), (0,))})
 
 
 def test_foreign_file_is_not_a_checkpoint(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from export.networks import DETECTOR_SPEC
-from pipeline.patches import plan_patches, sliding_window
+from pipeline.patches import flip_averaged, plan_patches, sliding_window
 from pipeline.postprocess import (
     Candidate,
     crop_around,
@@ -38,6 +38,23 @@ def test_volume_smaller_than_a_patch_is_padded() -> None:
     assert len(grid.windows) == 1 and grid.padded_shape == (32, 32, 32)
     probs = sliding_window(a, grid, lambda bs: [_logit(b) for b in bs], batch_size=1)
     np.testing.assert_allclose(probs, 0.3, atol=1e-4)
+
+
+def test_test_time_flips_average_each_copy_flipped_back_in_one_call() -> None:
+    batches = [np.random.default_rng(i).uniform(size=(2, 1, 6, 5, 4)).astype(np.float32) for i in range(3)]
+    ramp = np.arange(6, dtype=np.float32)[:, None, None]  # a model that is not mirror-symmetric
+    calls: list[int] = []
+
+    def predict_many(bs: list[np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(bs))
+        return [b + ramp for b in bs]
+
+    got = flip_averaged(predict_many, [(), (0,)])(batches)
+    assert calls == [6]  # every copy of every batch in flight together
+    # Flipped back, the ramp and its mirror average to its middle value; unflipped they would not.
+    for b, out in zip(batches, got, strict=True):
+        np.testing.assert_allclose(out, b + 2.5, atol=1e-6)
+    assert flip_averaged(predict_many, []) is predict_many
 
 
 def _sphere(shape: tuple[int, int, int], center: tuple[float, float, float], radius_vox: float) -> np.ndarray:
