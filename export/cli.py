@@ -105,10 +105,13 @@ def train_command(
     workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where cohorts, caches and checkpoints go."),
     train_studies: int = typer.Option(_RECIPE.train_studies, min=1, help="Synthetic training studies."),
     detector_steps: int = typer.Option(_RECIPE.detector.steps, min=1, help="Detector optimisation steps."),
-    restart_steps: int = typer.Option(
-        _RECIPE.detector_restart.steps if _RECIPE.detector_restart else 0,
+    restarts: int = typer.Option(
+        len(_RECIPE.detector_restarts),
         min=0,
-        help="Steps of the detector's warm restart from its first cycle (0: none).",
+        help="Warm restarts of the detector: further cosine cycles, each from the previous weights.",
+    ),
+    restart_steps: int = typer.Option(
+        None, min=1, help="Steps of each warm restart (default: the recipe's)."
     ),
     classifier_steps: int = typer.Option(
         _RECIPE.classifier.steps, min=1, help="Classifier optimisation steps."
@@ -141,18 +144,23 @@ def train_command(
             changes["precision"] = precision.value
         return replace(cfg, device=device, **changes)
 
-    # Without a restart in the recipe, one asked for here repeats the first cycle's settings on
-    # another seed, so it does not replay the first cycle's batches.
-    restart = _RECIPE.detector_restart or replace(_RECIPE.detector, seed=_RECIPE.detector.seed + 1)
+    # Restarts beyond the recipe's repeat its last one (or the first cycle) on further seeds, so
+    # none replays another's batches.
+    planned = _RECIPE.detector_restarts or (_RECIPE.detector,)
+    last = planned[-1]
+    cycles = [
+        planned[i] if i < len(_RECIPE.detector_restarts) else replace(last, seed=last.seed + i + 1)
+        for i in range(restarts)
+    ]
     recipe = replace(
         _RECIPE,
         train_studies=train_studies,
         train_profile=profile,
         workers=workers,
         detector=stage(_RECIPE.detector, steps=detector_steps, loader_workers=loader_workers),
-        detector_restart=stage(restart, steps=restart_steps, loader_workers=loader_workers)
-        if restart_steps
-        else None,
+        detector_restarts=tuple(
+            stage(c, steps=restart_steps or c.steps, loader_workers=loader_workers) for c in cycles
+        ),
         classifier=stage(_RECIPE.classifier, steps=classifier_steps),
     )
     workdir.mkdir(parents=True, exist_ok=True)

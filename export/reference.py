@@ -70,9 +70,9 @@ def train_reference(
     if detector_from is None:
         detector = train_detector(studies, recipe.detector, log)
         detector.training["data"] = data
-        if recipe.detector_restart is not None:
-            log("detector: warm restart from the first cycle's weights")
-            detector = train_detector(studies, recipe.detector_restart, log, start=detector)
+        for cycle, restart in enumerate(recipe.detector_restarts, 2):
+            log(f"detector: warm restart {cycle} from the previous cycle's weights")
+            detector = train_detector(studies, restart, log, start=detector)
             detector.training["data"] = data
         detector.save(det_path)
     else:

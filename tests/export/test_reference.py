@@ -69,17 +69,17 @@ def test_train_options_reach_every_stage_of_the_recipe(
         return workdir / "d.pt", workdir / "c.pt"
 
     monkeypatch.setattr("export.reference.train_reference", capture)
-    args = ["train", "--workdir", str(tmp_path), "--restart-steps", "5", "--precision", "bf16"]
+    args = ["train", "--workdir", str(tmp_path), "--restarts", "3", "--restart-steps", "5"]
+    args += ["--precision", "bf16"]
     assert CliRunner().invoke(app, args).exit_code == 0
-    assert (
-        CliRunner().invoke(app, ["train", "--workdir", str(tmp_path), "--restart-steps", "0"]).exit_code == 0
-    )
+    assert CliRunner().invoke(app, ["train", "--workdir", str(tmp_path), "--restarts", "0"]).exit_code == 0
     restarted, single = seen
-    assert restarted.detector_restart is not None and restarted.detector_restart.steps == 5
-    assert restarted.detector_restart.seed != restarted.detector.seed
-    stages = (restarted.detector, restarted.detector_restart, restarted.classifier)
+    assert [cfg.steps for cfg in restarted.detector_restarts] == [5, 5, 5]
+    seeds = [cfg.seed for cfg in (restarted.detector, *restarted.detector_restarts)]
+    assert len(set(seeds)) == len(seeds), "a restart must not replay another cycle's batches"
+    stages = (restarted.detector, *restarted.detector_restarts, restarted.classifier)
     assert {cfg.precision for cfg in stages} == {"bf16"}
-    assert single.detector_restart is None
+    assert single.detector_restarts == ()
     assert single.detector.precision == ReferenceRecipe().detector.precision  # the recipe's own
 
 
