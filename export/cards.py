@@ -68,9 +68,10 @@ def _mirroring(spec: ModelSpec) -> str:
     if not spec.test_time_flips:
         return ""
     copies = ", ".join(
-        "flipped on axes " + "+".join(map(str, axes)) if axes else "as is" for axes in spec.test_time_flips
+        f"flipped along axis {'+'.join(map(str, axes))}" if axes else "as is" for axes in spec.test_time_flips
     )
-    return f"- test-time mirroring: each patch's logits are the mean over the patch {copies}\n"
+    passes = len(spec.test_time_flips)
+    return f"- test-time mirroring: logits averaged over {passes} passes per patch ({copies})\n"
 
 
 def _header(ckpt: Checkpoint, what: str) -> str:
