@@ -7,7 +7,7 @@ from typing import Any
 
 from export.checkpoint import Checkpoint
 from export.evaluate import Evaluation
-from export.spec import SYNTHETIC_DATA_NOTICE, ModelSpec
+from export.spec import SYNTHETIC_DATA_NOTICE, ModelSpec, ModelTask
 from pipeline.analysis import DETECTOR_SCORE_WEIGHT
 
 GOALS = {"cpm": 0.90, "sens_1fp_6mm": 0.95, "malignancy_auc": 0.90}
@@ -71,7 +71,8 @@ def _mirroring(spec: ModelSpec) -> str:
         f"flipped along axis {'+'.join(map(str, axes))}" if axes else "as is" for axes in spec.test_time_flips
     )
     passes = len(spec.test_time_flips)
-    return f"- test-time mirroring: logits averaged over {passes} passes per patch ({copies})\n"
+    unit = "patch" if spec.task is ModelTask.NODULE_SEGMENTATION else "crop"
+    return f"- test-time mirroring: logits averaged over {passes} passes per {unit} ({copies})\n"
 
 
 def _header(ckpt: Checkpoint, what: str) -> str:

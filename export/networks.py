@@ -6,6 +6,7 @@ cores through Triton's CPU profile. They are trained on synthetic data only.
 
 from __future__ import annotations
 
+from itertools import combinations
 from typing import Any
 
 from export.spec import ModelSpec, ModelTask, TensorIO
@@ -73,4 +74,8 @@ CLASSIFIER_SPEC = ModelSpec(
         ),
     ),
     classes=NODULE_TYPES,
+    # Every combination of flips (8 passes per crop; a study has at most a few dozen crops).
+    # Measured on the held-out cohort (export/README.md): better type accuracy and malignancy
+    # AUC, the same CPM.
+    test_time_flips=tuple(axes for k in range(4) for axes in combinations(range(3), k)),
 )

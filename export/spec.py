@@ -11,7 +11,7 @@ import json
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SPEC_PARAMETER = "lungscreen_spec"
 SYNTHETIC_DATA_NOTICE = (
@@ -59,9 +59,10 @@ class ModelSpec(BaseModel):
     inputs: tuple[TensorIO, ...]
     outputs: tuple[TensorIO, ...]
     classes: tuple[str, ...] = ()
-    # Test-time mirroring of a segmentation model: its output for a patch is the mean of its
-    # logits over these copies of the patch, each flipped along the listed spatial axes (0-2,
-    # in the spec's orientation) and flipped back; () is the patch as it is. Empty: one pass.
+    # Test-time mirroring: the model's output for a patch (or crop) is the mean of its logits
+    # over these copies of it, each flipped along the listed spatial axes (0-2, in the spec's
+    # orientation); a segmentation model's outputs are flipped back first. () is the input as it
+    # is. Empty: one pass.
     test_time_flips: tuple[tuple[int, ...], ...] = ()
     training_data: str = "synthetic"
     notice: str = SYNTHETIC_DATA_NOTICE
@@ -90,15 +91,6 @@ class ModelSpec(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"test-time flips repeat: {v}")
         return v
-
-    @model_validator(mode="after")
-    def _flips_need_aligned_output(self) -> ModelSpec:
-        if self.test_time_flips and self.task is not ModelTask.NODULE_SEGMENTATION:
-            raise ValueError(
-                "test-time flips average outputs voxel by voxel: only a segmentation model's "
-                f"output can be flipped back, and {self.name!r} is a {self.task.value} model"
-            )
-        return self
 
     def to_parameter(self) -> str:
         """The spec as the compact JSON string stored in the Triton config."""

@@ -156,7 +156,10 @@ def classify(
         :, None
     ]
     batches = [crops[i : i + cfg.classifier_batch] for i in range(0, len(crops), cfg.classifier_batch)]
-    scores = np.concatenate(runner.run_many(classifier.name, batches))
+    classify_many = flip_averaged(
+        lambda b: runner.run_many(classifier.name, b), classifier.test_time_flips, spatial_output=False
+    )
+    scores = np.concatenate(classify_many(batches))
     types = classifier.classes
     findings = []
     for cand, s in zip(candidates, scores, strict=True):

@@ -127,11 +127,14 @@ def sliding_window(
     return stitcher.probabilities()
 
 
-def flip_averaged(predict_many: PredictMany, flips: Sequence[tuple[int, ...]]) -> PredictMany:
+def flip_averaged(
+    predict_many: PredictMany, flips: Sequence[tuple[int, ...]], *, spatial_output: bool = True
+) -> PredictMany:
     """``predict_many`` with test-time mirroring: each batch ``(N, C, *patch)`` also goes through
-    flipped along each entry's spatial axes, every output is flipped back, and the outputs are
-    averaged (a model spec's ``test_time_flips``). All copies go out in one call, so a remote
-    runner has them in flight together."""
+    flipped along each entry's spatial axes and the outputs are averaged (a model spec's
+    ``test_time_flips``); a ``spatial_output`` (a segmentation map) is flipped back first, a
+    per-input vector (a classifier's scores) is averaged as it is. All copies go out in one
+    call, so a remote runner has them in flight together."""
     if not flips:
         return predict_many
 
@@ -141,6 +144,11 @@ def flip_averaged(predict_many: PredictMany, flips: Sequence[tuple[int, ...]]) -
     def predict(batches: list[np.ndarray]) -> list[np.ndarray]:
         copies = [np.ascontiguousarray(mirror(b, axes)) for b in batches for axes in flips]
         outputs = iter(predict_many(copies))
-        return [np.mean([mirror(next(outputs), axes) for axes in flips], axis=0) for _ in batches]
+        return [
+            np.mean(
+                [mirror(next(outputs), axes) if spatial_output else next(outputs) for axes in flips], axis=0
+            )
+            for _ in batches
+        ]
 
     return predict

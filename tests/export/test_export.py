@@ -44,8 +44,9 @@ def test_test_time_flips_travel_with_the_spec_and_are_checked() -> None:
     assert ModelSpec.from_parameter(json.dumps(older)).test_time_flips == ()
     with pytest.raises(ValueError, match="spatial axes 0-2"):
         ModelSpec.model_validate({**DETECTOR_SPEC.model_dump(), "test_time_flips": ((3,),)})
-    with pytest.raises(ValueError, match="only a segmentation model"):
-        ModelSpec.model_validate({**CLASSIFIER_SPEC.model_dump(), "test_time_flips": ((), (0,))})
+    with pytest.raises(ValueError, match="repeat"):
+        ModelSpec.model_validate({**CLASSIFIER_SPEC.model_dump(), "test_time_flips": ((), (0,), (0,))})
+    assert len(CLASSIFIER_SPEC.test_time_flips) == 8  # every combination of the three axes
 
 
 def test_foreign_file_is_not_a_checkpoint(tmp_path: Path) -> None:

@@ -57,6 +57,19 @@ def test_test_time_flips_average_each_copy_flipped_back_in_one_call() -> None:
     assert flip_averaged(predict_many, []) is predict_many
 
 
+def test_test_time_flips_average_a_classifiers_vectors_as_they_are() -> None:
+    batches = [np.random.default_rng(i).uniform(size=(3, 1, 6, 5, 4)).astype(np.float32) for i in range(2)]
+
+    def corner(bs: list[np.ndarray]) -> list[np.ndarray]:  # a per-crop score: the first voxel
+        return [b[:, :, 0, 0, 0] for b in bs]
+
+    got = flip_averaged(corner, [(), (0,), (0, 2)], spatial_output=False)(batches)
+    for b, out in zip(batches, got, strict=True):
+        assert out.shape == (3, 1)
+        expected = (b[:, :, 0, 0, 0] + b[:, :, -1, 0, 0] + b[:, :, -1, 0, -1]) / 3
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
 def _sphere(shape: tuple[int, int, int], center: tuple[float, float, float], radius_vox: float) -> np.ndarray:
     grid = np.indices(shape).astype(np.float64)
     dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, center, strict=True)))
