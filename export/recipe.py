@@ -33,6 +33,7 @@ class TrainConfig:
     threads: int = 2
     positive_fraction: float = 0.5  # share of detector patches around a real training nodule
     paste_probability: float = 0.5  # share of the other patches that get a pasted training nodule
+    pleural_paste_fraction: float = 0.0  # share of pasted nodules put against the pleura
     # Each nodule's voxels together weigh as much as those of a nodule of this diameter (at
     # most ``max_voxel_weight`` each), so a 4 mm nodule matters as much as a 25 mm one.
     balance_diameter_mm: float = 12.0

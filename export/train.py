@@ -29,6 +29,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
+from scipy import ndimage
 from torch import nn
 
 from export.checkpoint import Checkpoint, build_module
@@ -47,7 +48,7 @@ from export.networks import (
 from export.recipe import TrainConfig, TrainPrecision
 from pipeline.analysis import AnalysisConfig, detect
 from pipeline.postprocess import SOLID_HU, crop_around
-from pipeline.preprocess import LUNG_HU_THRESHOLD, lung_box, lung_region
+from pipeline.preprocess import AXIAL_NEIGHBOURS, LUNG_HU_THRESHOLD, lung_box, lung_region
 
 Log = Callable[[str], None]
 
@@ -130,6 +131,7 @@ class BankNodule:
     type_index: int
     malignancy: float
     spacing: tuple[float, float, float]
+    diameter_mm: float
 
 
 def nodule_bank(studies: Sequence[CachedStudy]) -> list[BankNodule]:
@@ -155,21 +157,42 @@ def nodule_bank(studies: Sequence[CachedStudy]) -> list[BankNodule]:
             weight = np.clip((r + 1.5 - dist) / 1.5, 0.0, 1.0)
             excess = (np.clip(cube - background, 0.0, None) * weight).astype(np.float32)
             mask = (dist <= max(r, 0.75 * spacing.min())).astype(np.float32)
-            bank.append(BankNodule(excess, mask, n.type_index, n.malignancy_score, s.spacing))
+            bank.append(BankNodule(excess, mask, n.type_index, n.malignancy_score, s.spacing, n.diameter_mm))
     return bank
 
 
 def paste_nodule(
-    image: np.ndarray, label: np.ndarray | None, nod: BankNodule, rng: np.random.Generator
+    image: np.ndarray,
+    label: np.ndarray | None,
+    nod: BankNodule,
+    rng: np.random.Generator,
+    *,
+    lungs: np.ndarray | None = None,
 ) -> tuple[int, int, int] | None:
-    """Paste a (randomly flipped) bank nodule at a random lung voxel of ``image`` in place."""
+    """Paste a (randomly flipped) bank nodule at a random lung voxel of ``image`` in place.
+
+    With ``lungs`` (the image's lung mask, however coarse) the nodule goes against the lung's
+    edge where the generator puts juxtapleural nodules (0.85 r + 1 mm deep, within
+    max(2 mm, 0.35 r); ``synth.findings.place_nodules``) and raises lung voxels only, so it
+    abuts the chest wall as they do; an image with no lung edge at that depth gets it at a
+    plain lung voxel.
+    """
     size = np.asarray(nod.excess.shape)
     if np.any(size >= np.asarray(image.shape)):
         return None
     lo = size // 2
     hi = np.asarray(image.shape) - (size - size // 2)
-    inner = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    spots = np.argwhere(inner < _lung_level())
+    inner = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    air = image < _lung_level()
+    spots = np.zeros((0, 3), dtype=int)
+    if lungs is not None:
+        # Air inside the lungs, with the vessels it encloses in each axial slice.
+        lungs = ndimage.binary_fill_holes(air & lungs, structure=AXIAL_NEIGHBOURS)
+        depth = ndimage.distance_transform_edt(lungs, sampling=nod.spacing)[inner]
+        target, tolerance = 0.85 * nod.diameter_mm / 2.0 + 1.0, max(2.0, 0.35 * nod.diameter_mm / 2.0)
+        spots = np.argwhere(air[inner] & (np.abs(depth - target) < tolerance))
+    if not len(spots):
+        spots = np.argwhere(air[inner])
     if not len(spots):
         return None
     center = spots[rng.integers(len(spots))] + lo
@@ -177,6 +200,8 @@ def paste_nodule(
     excess = np.flip(nod.excess, axis=axes) if axes else nod.excess
     mask = np.flip(nod.mask, axis=axes) if axes else nod.mask
     region = tuple(slice(int(c - k // 2), int(c - k // 2 + k)) for c, k in zip(center, size, strict=True))
+    if lungs is not None:
+        excess = excess * lungs[region]
     image[region] = np.minimum(image[region] + excess, 1.0)
     if label is not None:
         label[region] = np.maximum(label[region], mask)
@@ -206,6 +231,7 @@ class _DetectorStudy:
     weights: np.ndarray  # voxel weight per nodule index (0: background)
     centers: np.ndarray  # (n, 3) truth centres in voxels
     negatives: np.ndarray  # flat hard-negative indices
+    lungs: np.ndarray | None  # lung mask, kept for pleural pastes only
 
 
 class DetectorPatches:
@@ -228,8 +254,11 @@ class DetectorPatches:
                 [1.0] + [nodule_voxel_weight(float(v), s.spacing, cfg) for v in voxels[1:]], dtype=np.float32
             )
             centers = np.array([n.center_ijk for n in s.nodules], dtype=np.float64).reshape(-1, 3)
+            lungs = (
+                lung_region(s.preprocessed, DETECTOR_SPEC, 3.0) if cfg.pleural_paste_fraction > 0 else None
+            )
             self.studies.append(
-                _DetectorStudy(s.image, index, weights, centers, hard_negative_indices(s, rng))
+                _DetectorStudy(s.image, index, weights, centers, hard_negative_indices(s, rng), lungs)
             )
         self.with_nodules = [s for s in self.studies if len(s.centers)]
         self.augment = detector_augmentation()
@@ -251,7 +280,11 @@ class DetectorPatches:
         if self.bank and not label.any() and rng.uniform() < cfg.paste_probability:
             k = int(rng.integers(len(self.bank)))
             pasted = np.zeros_like(label)
-            if paste_nodule(image, pasted, self.bank[k], rng) is not None:
+            lungs = None
+            # Drawn only when asked for, so recipes without pleural pastes keep their random stream.
+            if s.lungs is not None and rng.uniform() < cfg.pleural_paste_fraction:
+                lungs = crop_around(s.lungs, center, cfg.patch) > 0
+            if paste_nodule(image, pasted, self.bank[k], rng, lungs=lungs) is not None:
                 label = np.maximum(label, pasted)
                 weight = np.where(pasted > 0, self.bank_weights[k], weight).astype(np.float32)
         sample = {"image": image[None], "label": label[None], "weight": weight[None]}

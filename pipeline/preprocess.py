@@ -29,8 +29,9 @@ LUNG_MARGIN_MM = 12.0
 LUNG_GATE_MM = 6.0
 # Lung-mask holes are filled with 4-connectivity within each axial slice (the third axis is
 # superior), none across slices.
-_AXIAL_NEIGHBOURS = np.zeros((3, 3, 3), dtype=bool)
-_AXIAL_NEIGHBOURS[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+# In-plane connectivity only: holes are filled slice by slice, as lung segmentations do.
+AXIAL_NEIGHBOURS = np.zeros((3, 3, 3), dtype=bool)
+AXIAL_NEIGHBOURS[:, :, 1] = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def lung_mask(pre: Preprocessed, spec: ModelSpec, step: int = 2) -> tuple[np.nda
     # Vessels and nodules are dense, so the air threshold leaves them out of the lungs; a mass
     # of more than twice the gate's margin would keep its centre outside the grown mask (and
     # its candidate on the rim). Filled in each axial slice, as lung segmentations do.
-    return ndimage.binary_fill_holes(np.isin(labels, keep), structure=_AXIAL_NEIGHBOURS), step
+    return ndimage.binary_fill_holes(np.isin(labels, keep), structure=AXIAL_NEIGHBOURS), step
 
 
 def lung_box(pre: Preprocessed, spec: ModelSpec) -> tuple[slice, slice, slice]:

@@ -8,6 +8,7 @@ import platform
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from export.checkpoint import Checkpoint, build_module
 from export.dataset import CachedStudy, TruthNodule
@@ -23,8 +24,10 @@ from export.train import (
     mine_candidates,
     mined_counts,
     native_bf16,
+    nodule_bank,
     nodule_index_volume,
     nodule_voxel_weight,
+    paste_nodule,
     reuse_freed_memory,
     train_detector,
 )
@@ -95,6 +98,45 @@ def test_pasting_puts_nodules_into_negative_patches() -> None:
     patches = DetectorPatches([toy_study()], cfg, np.random.default_rng(0))
     _, label, _ = patches.batch(np.random.default_rng(2))
     assert int((label.flatten(1).amax(1) > 0).sum()) >= 8
+
+
+def test_pleural_pastes_abut_the_lung_edge_and_leave_the_wall_alone() -> None:
+    study = toy_study()
+    big = next(b for b in nodule_bank([study]) if b.diameter_mm == 15.0)
+    lungs = np.zeros(study.image.shape, dtype=bool)
+    lungs[10:38, 12:52, 10:54] = lungs[42:70, 12:52, 10:54] = True  # the toy's lungs, nodules included
+    depth = ndimage.distance_transform_edt(lungs, sampling=SPACING)
+    rng = np.random.default_rng(3)
+    pleural, plain = [], []
+    for _ in range(12):
+        image = study.image.copy()
+        center = paste_nodule(image, None, big, rng, lungs=lungs)
+        assert center is not None
+        pleural.append(depth[center])
+        assert np.array_equal(image[~lungs], study.image[~lungs])  # the chest wall is not raised
+        center = paste_nodule(study.image.copy(), None, big, rng)
+        assert center is not None
+        plain.append(depth[center])
+    # the generator's juxtapleural depth for a 15 mm nodule: 0.85 x 7.5 + 1 = 7.4 mm, +- 2.6 mm
+    assert all(abs(d - 7.4) < 2.7 for d in pleural)
+    assert max(plain) > 10.0  # plain pastes go anywhere in the lung (or the air outside the body)
+
+
+def test_pleural_paste_fraction_changes_where_patches_get_their_pasted_nodules() -> None:
+    def batch(fraction: float) -> torch.Tensor:
+        cfg = TrainConfig(
+            patch=(32, 32, 32),
+            batch=8,
+            positive_fraction=0.0,
+            paste_probability=1.0,
+            pleural_paste_fraction=fraction,
+        )
+        return DetectorPatches([toy_study()], cfg, np.random.default_rng(0)).batch(np.random.default_rng(2))[
+            1
+        ]
+
+    assert torch.equal(batch(0.0), batch(0.0))
+    assert not torch.equal(batch(0.0), batch(1.0))
 
 
 def test_output_prior_starts_the_detector_near_background() -> None:
