@@ -34,6 +34,8 @@ def export_command(
         file_okay=False,
         help="Cached studies (lungscreen train's *-cache): realistic parity inputs, INT8 calibration.",
     ),
+    rtol: float = typer.Option(1e-3, min=0.0, help="ONNX Runtime vs PyTorch: relative tolerance."),
+    atol: float = typer.Option(1e-4, min=0.0, help="ONNX Runtime vs PyTorch: absolute tolerance."),
 ) -> None:
     """Export a checkpoint to ONNX (checked against PyTorch) as a new Triton version."""
     from export.checkpoint import Checkpoint
@@ -53,6 +55,8 @@ def export_command(
             precision=precision,
             max_batch_size=max_batch_size,
             calibration=realistic,
+            rtol=rtol,
+            atol=atol,
         )
     except (ParityError, TensorRTUnavailable) as e:
         console.print(f"[red]Export failed:[/red] {e}")

@@ -77,6 +77,20 @@ def test_export_writes_a_version_with_the_spec_in_both_configs(tmp_path: Path) -
 
 
 @pytest.mark.triton
+def test_export_command_checks_parity_at_the_tolerances_it_is_given(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    ckpt = tiny_checkpoint().save(tmp_path / "tiny.pt")
+    repo = tmp_path / "repo"
+    args = ["export", str(ckpt), "--repository", str(repo), "--rtol", "0.02", "--atol", "0.003"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "(rtol 0.02, atol 0.003)" in " ".join(result.output.split())  # rich wraps long lines
+    assert (repo / TINY_SPEC.name / "1" / "model.onnx").is_file()
+
+
 def test_exported_model_round_trip_through_triton_matches_pytorch(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(seed=5)
     export_checkpoint(ckpt, tmp_path)
