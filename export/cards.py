@@ -43,6 +43,11 @@ def _cycle(t: dict[str, Any]) -> str:
             f"learning rate {cfg.get('learning_rate', '?')}",
             f"seed {cfg.get('seed', '?')}",
             *([precision] if precision else []),
+            *(
+                [f"{cfg['pleural_paste_fraction']:.0%} of pastes against the pleura"]
+                if cfg.get("pleural_paste_fraction")
+                else []
+            ),
             f"{t.get('train_seconds', 0):.0f} s on {t.get('device', 'cpu')}",
             f"code `{t.get('code_version', 'unknown')}`",
         ]
