@@ -25,8 +25,8 @@ LAA_THRESHOLD_HU = -950.0
 EMPHYSEMA_REPORT_FRACTION = 0.05
 SUSPICIOUS_MALIGNANCY = 0.9
 # The committed models' operating point of 1 false positive per scan on their held-out cohort
-# (threshold_1fp = 0.573 in model_repository/lung_nodule_detector/evaluation.json).
-REPORT_THRESHOLD = 0.58
+# (threshold_1fp = 0.536 in model_repository/lung_nodule_detector/evaluation.json).
+REPORT_THRESHOLD = 0.54
 # A first or last slice holding more lung than this share of the widest slice cuts the lungs.
 CUT_LUNG_AREA_FRACTION = 0.15
 
