@@ -100,16 +100,21 @@ def _lung_level() -> float:
     return (LUNG_HU_THRESHOLD - low) / (high - low)
 
 
-def vessel_mask(study: CachedStudy) -> np.ndarray:
-    """Dense voxels inside the (slightly grown) lungs: vessels, airway walls, nodules."""
-    return lung_region(study.preprocessed, DETECTOR_SPEC, margin_mm=3.0) & (study.image >= _dense_level())
+def grown_lungs(study: CachedStudy) -> np.ndarray:
+    """The study's lung mask grown by 3 mm (vessels and nodules it encloses included)."""
+    return lung_region(study.preprocessed, DETECTOR_SPEC, margin_mm=3.0)
 
 
-def hard_negative_indices(study: CachedStudy, rng: np.random.Generator, limit: int = 40000) -> np.ndarray:
-    """Flat indices of hard negatives: mostly vessels in the lungs, some walls and parenchyma."""
+def hard_negative_indices(
+    study: CachedStudy, rng: np.random.Generator, limit: int = 40000, lungs: np.ndarray | None = None
+) -> np.ndarray:
+    """Flat indices of hard negatives: mostly vessels in the lungs, some walls and parenchyma.
+
+    ``lungs`` is :func:`grown_lungs` of the study when the caller already has it."""
     box_mask = np.zeros(study.image.shape, dtype=bool)
     box_mask[study.box] = True
-    vessels = np.flatnonzero(vessel_mask(study))
+    lungs = grown_lungs(study) if lungs is None else lungs
+    vessels = np.flatnonzero(lungs & (study.image >= _dense_level()))
     dense = np.flatnonzero(box_mask & (study.image >= _dense_level()))
     anywhere = np.flatnonzero(box_mask)
     parts = [(vessels, 0.6), (dense, 0.2), (anywhere, 0.2)]
@@ -254,12 +259,10 @@ class DetectorPatches:
                 [1.0] + [nodule_voxel_weight(float(v), s.spacing, cfg) for v in voxels[1:]], dtype=np.float32
             )
             centers = np.array([n.center_ijk for n in s.nodules], dtype=np.float64).reshape(-1, 3)
-            lungs = (
-                lung_region(s.preprocessed, DETECTOR_SPEC, 3.0) if cfg.pleural_paste_fraction > 0 else None
-            )
-            self.studies.append(
-                _DetectorStudy(s.image, index, weights, centers, hard_negative_indices(s, rng), lungs)
-            )
+            lungs = grown_lungs(s)
+            negatives = hard_negative_indices(s, rng, lungs=lungs)
+            kept = lungs if cfg.pleural_paste_fraction > 0 else None
+            self.studies.append(_DetectorStudy(s.image, index, weights, centers, negatives, kept))
         self.with_nodules = [s for s in self.studies if len(s.centers)]
         self.augment = detector_augmentation()
 
