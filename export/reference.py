@@ -82,7 +82,7 @@ def train_reference(
         log(f"detector reused from {detector_from}")
     mined = None
     if recipe.mine_candidates:
-        mined = mine_candidates(studies, detector)
+        mined = mine_candidates(studies, detector, log=log)
         log(f"detector candidates in the training studies: {mined_counts(mined)}")
     classifier = train_classifier(studies, recipe.classifier, log, mined)
     classifier.training["data"] = data

@@ -410,7 +410,10 @@ class MinedCandidate:
 
 
 def mine_candidates(
-    studies: Sequence[CachedStudy], detector: Checkpoint, cfg: AnalysisConfig | None = None
+    studies: Sequence[CachedStudy],
+    detector: Checkpoint,
+    cfg: AnalysisConfig | None = None,
+    log: Log = print,
 ) -> dict[str, list[MinedCandidate]]:
     """Run the trained detector over the training studies and label its candidates.
 
@@ -420,10 +423,15 @@ def mine_candidates(
     cfg = cfg or AnalysisConfig()
     runner = TorchRunner({detector.spec.name: detector.build()})
     out: dict[str, list[MinedCandidate]] = {}
-    for study in studies:
+    # With the mirrored detector this is most of an hour on 2 cores: say how far it is.
+    every = max(1, len(studies) // 12)
+    started = time.monotonic()
+    for done, study in enumerate(studies, 1):
         pre = study.preprocessed
         candidates, _, _ = detect(pre, detector.spec, runner, cfg, lung_box(pre, detector.spec))
         out[study.key] = [MinedCandidate(c.center_ijk, _hit(c.center_ijk, study)) for c in candidates]
+        if done % every == 0 or done == len(studies):
+            log(f"mining candidates: {done}/{len(studies)} studies ({time.monotonic() - started:.0f} s)")
     return out
 
 
