@@ -59,7 +59,8 @@ class ReferenceRecipe:
     # on the held-out cohort (export/README.md; without mirroring for the first three): after the
     # first cycle 24 of 40 nodules became candidates with 4.8 false positives per scan, after the
     # second 27 with 4.0, after the third 28 with 5.5; mirrored, after the third 29 with 2.5 and
-    # after the fourth 30 with 2.1. Empty: one cycle only.
+    # after the fourth 30 with 2.1 (a control without the pleural pastes: 30 with 2.0). Empty: one
+    # cycle only.
     detector_restarts: tuple[TrainConfig, ...] = field(
         default_factory=lambda: tuple(
             TrainConfig(
