@@ -76,7 +76,6 @@ def test_export_writes_a_version_with_the_spec_in_both_configs(tmp_path: Path) -
     assert export_checkpoint(tiny_checkpoint(), tmp_path).version_dir.name == "2"
 
 
-@pytest.mark.triton
 def test_export_command_checks_parity_at_the_tolerances_it_is_given(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -91,6 +90,7 @@ def test_export_command_checks_parity_at_the_tolerances_it_is_given(tmp_path: Pa
     assert (repo / TINY_SPEC.name / "1" / "model.onnx").is_file()
 
 
+@pytest.mark.triton
 def test_exported_model_round_trip_through_triton_matches_pytorch(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(seed=5)
     export_checkpoint(ckpt, tmp_path)

@@ -179,7 +179,7 @@ def test_the_reference_detector_mines_the_large_toy_nodule_as_a_hit() -> None:
     study = toy_study()
     messages: list[str] = []
     mined = mine_candidates([study], detector, log=messages.append)["toy"]
-    assert messages == [messages[0]] and messages[0].startswith("mining candidates: 1/1 studies (")
+    assert len(messages) == 1 and messages[0].startswith("mining candidates: 1/1 studies (")
     # Whether the 4.5 mm one is found as well depends on the weights; the 15 mm one must be.
     hits = [c for c in mined if c.nodule == 1]
     assert len(hits) == 1
