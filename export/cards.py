@@ -48,6 +48,7 @@ def _cycle(t: dict[str, Any]) -> str:
                 if cfg.get("pleural_paste_fraction")
                 else []
             ),
+            *(["nodule-balanced Dice"] if cfg.get("balanced_dice") else []),
             f"{t.get('train_seconds', 0):.0f} s on {t.get('device', 'cpu')}",
             f"code `{t.get('code_version', 'unknown')}`",
         ]

@@ -38,6 +38,7 @@ class TrainConfig:
     # most ``max_voxel_weight`` each), so a 4 mm nodule matters as much as a 25 mm one.
     balance_diameter_mm: float = 12.0
     max_voxel_weight: float = 50.0
+    balanced_dice: bool = False  # Dice weighs voxels by the same weights (see detector_loss)
     device: str = "cpu"
     # fp32 by default: the committed weights were trained so, and bf16's effect on their quality
     # has not been measured apart from other changes.

@@ -90,7 +90,13 @@ def test_a_card_lists_every_training_cycle_in_the_order_they_ran() -> None:
 
     first = {"config": {"steps": 2400, "learning_rate": 0.002, "seed": 0}, "precision": "fp32"}
     second = {
-        "config": {"steps": 3000, "learning_rate": 0.001, "seed": 7, "pleural_paste_fraction": 0.5},
+        "config": {
+            "steps": 3000,
+            "learning_rate": 0.001,
+            "seed": 7,
+            "pleural_paste_fraction": 0.5,
+            "balanced_dice": True,
+        },
         "precision": "bf16",
         "previous": first,
     }
@@ -99,6 +105,7 @@ def test_a_card_lists_every_training_cycle_in_the_order_they_ran() -> None:
     card = detector_card(ev, ckpt, "lungscreen evaluate")
     assert "- Cycle 1: 2400 steps, learning rate 0.002, seed 0, fp32, 0 s" in card  # no pleural pastes
     assert (
-        "- Cycle 2: 3000 steps, learning rate 0.001, seed 7, bf16, 50% of pastes against the pleura" in card
+        "- Cycle 2: 3000 steps, learning rate 0.001, seed 7, bf16, 50% of pastes against the pleura, "
+        "nodule-balanced Dice" in card
     )
     assert card.index("Cycle 1") < card.index("Cycle 2")
