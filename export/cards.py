@@ -8,7 +8,6 @@ from typing import Any
 from export.checkpoint import Checkpoint
 from export.evaluate import Evaluation
 from export.spec import SYNTHETIC_DATA_NOTICE, ModelSpec, ModelTask
-from pipeline.analysis import DETECTOR_SCORE_WEIGHT
 
 GOALS = {"cpm": 0.90, "sens_1fp_6mm": 0.95, "malignancy_auc": 0.90}
 
@@ -52,6 +51,23 @@ def _cycle(t: dict[str, Any]) -> str:
             f"{t.get('train_seconds', 0):.0f} s on {t.get('device', 'cpu')}",
             f"code `{t.get('code_version', 'unknown')}`",
         ]
+    )
+
+
+def _operating_point(ev: Evaluation) -> str:
+    w = ev.score_weight
+    score = (
+        f"score = sigmoid({w:g} logit(detector peak probability) + {1 - w:g} logit(classifier nodule "
+        "probability))"
+    )
+    if ev.tuning is None:
+        return f"{score} (weight given to the evaluation)."
+    t = ev.tuning
+    tried = ", ".join(f"{k}: {v:.3f}" for k, v in t.cpm_by_weight.items())
+    return (
+        f"{score}. The weight was chosen on a tuning cohort ({t.studies} studies, {t.nodules} nodules,\n"
+        f"seed {t.seed}; neither trained on nor this one) by its CPM (by weight: {tried}); the report\n"
+        f"threshold, its 1 FP/scan point there, is {t.report_threshold:.3f} (here: {ev.threshold_1fp:.3f})."
     )
 
 
@@ -119,8 +135,7 @@ def detector_card(ev: Evaluation, ckpt: Checkpoint, command: str) -> str:
 ## Evaluation (held-out synthetic cohort, measured by `lungscreen evaluate`)
 {ev.studies} studies, {ev.nodules} nodules, generated with a seed never used in training.
 Detection scored the LUNA16 way: a candidate is a hit when its centre lies within the
-nodule's radius; score = detector peak probability^{DETECTOR_SCORE_WEIGHT:g} x classifier nodule
-probability^{1 - DETECTOR_SCORE_WEIGHT:g}.
+nodule's radius; {_operating_point(ev)}
 
 | false positives per scan | sensitivity |
 | --- | --- |

@@ -185,6 +185,15 @@ def evaluate_command(
     threshold: float = typer.Option(
         CANDIDATE_THRESHOLD, min=0.0, max=1.0, help="Detector threshold for candidates (the job's default)."
     ),
+    tune_studies: int = typer.Option(
+        _RECIPE.tune_studies, min=1, help="Tuning cohort studies (choose the score weight on them)."
+    ),
+    score_weight: float = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        help="Detector weight of a finding's score (default: chosen on the tuning cohort).",
+    ),
     repository: Path = typer.Option(DEFAULT_REPOSITORY, help="Where the model cards are written."),
     cards: bool = typer.Option(True, help="Write the model cards and FROC curve into the repository."),
 ) -> None:
@@ -193,7 +202,7 @@ def evaluate_command(
     from export.reference import evaluate_reference, write_model_cards
     from pipeline.analysis import AnalysisConfig
 
-    recipe = replace(_RECIPE, eval_studies=eval_studies, eval_profile=profile)
+    recipe = replace(_RECIPE, eval_studies=eval_studies, tune_studies=tune_studies, eval_profile=profile)
     result = evaluate_reference(
         workdir / f"{DETECTOR_SPEC.name}.pt",
         workdir / f"{CLASSIFIER_SPEC.name}.pt",
@@ -201,11 +210,14 @@ def evaluate_command(
         recipe,
         AnalysisConfig(candidate_threshold=threshold),
         console.print,
+        score_weight,
     )
     console.print(result.to_json())
     if cards:
+        weight = f"--score-weight {score_weight:g}" if score_weight is not None else ""
         command = (
-            f"lungscreen evaluate --eval-studies {eval_studies} --profile {profile} --threshold {threshold}"
-        )
+            f"lungscreen evaluate --eval-studies {eval_studies} --tune-studies {tune_studies} "
+            f"--profile {profile} --threshold {threshold} {weight}"
+        ).strip()
         for path in write_model_cards(repository, result, workdir, command):
             console.print(f"wrote {path}")

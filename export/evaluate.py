@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +18,15 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from export.dataset import CachedStudy
+from export.dataset import CachedStudy, TruthNodule
 from export.networks import NODULE_TYPES
 from export.spec import ModelSpec
-from pipeline.analysis import AnalysisConfig, Finding, analyze
+from pipeline.analysis import DETECTOR_SCORE_WEIGHT, AnalysisConfig, Finding, analyze, finding_score
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 SIZE_BANDS = ((3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, 36.0))
+# Detector weights of a finding's score tried on the tuning cohort (see choose_score_weight).
+SCORE_WEIGHTS = tuple(round(0.1 * k, 1) for k in range(11))
 
 
 class TorchRunner:
@@ -56,11 +58,11 @@ class StudyResult:
     false_positive_scores: list[float]
 
 
-def match_study(findings: Sequence[Finding], study: CachedStudy) -> StudyResult:
+def match_study(findings: Sequence[Finding], nodules: Sequence[TruthNodule]) -> StudyResult:
     """LUNA16 matching of one study's candidates to its truth nodules."""
-    matches = [Match(n.diameter_mm, n.malignant, n.type_index, None) for n in study.nodules]
-    centres = np.array([n.center_lps_mm for n in study.nodules]).reshape(-1, 3)
-    radii = np.array([n.diameter_mm / 2.0 for n in study.nodules])
+    matches = [Match(n.diameter_mm, n.malignant, n.type_index, None) for n in nodules]
+    centres = np.array([n.center_lps_mm for n in nodules]).reshape(-1, 3)
+    radii = np.array([n.diameter_mm / 2.0 for n in nodules])
     fps: list[float] = []
     for f in findings:
         if len(centres):
@@ -96,9 +98,68 @@ class Evaluation:
     type_n: int = 0
     curve_fps: list[float] = field(default_factory=list)
     curve_sens: list[float] = field(default_factory=list)
+    # The score weight the figures were measured at, chosen on the tuning cohort when ``tuning``
+    # is set (see :func:`choose_score_weight`).
+    score_weight: float = DETECTOR_SCORE_WEIGHT
+    tuning: OperatingPoint | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+@dataclass
+class OperatingPoint:
+    """A pair of models' score weight and report threshold, chosen on a tuning cohort (another
+    seed than the held-out one, never trained on), so the held-out figures stay unbiased."""
+
+    score_weight: float
+    report_threshold: float  # the tuning cohort's 1 FP/scan point at that weight
+    cpm_by_weight: dict[str, float]
+    studies: int
+    nodules: int
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class StudyFindings:
+    """One study's findings (any score weight) and its truth, without its pixels."""
+
+    findings: list[Finding]
+    nodules: tuple[TruthNodule, ...]
+
+
+def with_score_weight(findings: Sequence[Finding], weight: float) -> list[Finding]:
+    """The findings scored with another detector weight (see :func:`pipeline.analysis.finding_score`)."""
+    return [replace(f, score=finding_score(f.detector_score, f.nodule_probability, weight)) for f in findings]
+
+
+def summarize_at(cohort: Sequence[StudyFindings], weight: float) -> Evaluation:
+    """:func:`summarize` of a cohort's findings scored with ``weight``."""
+    ev = summarize([match_study(with_score_weight(s.findings, weight), s.nodules) for s in cohort])
+    ev.score_weight = weight
+    return ev
+
+
+def choose_score_weight(
+    cohort: Sequence[StudyFindings], weights: Sequence[float] = SCORE_WEIGHTS, seed: int | None = None
+) -> OperatingPoint:
+    """The weight with the best CPM on ``cohort`` (ties: the better sensitivity at 1 FP/scan for
+    nodules >= 6 mm, then the first in ``weights``), and its 1 FP/scan threshold."""
+    if not weights:
+        raise ValueError("choose_score_weight needs at least one weight to try")
+    evaluations = {w: summarize_at(cohort, w) for w in weights}
+    best = max(
+        weights,
+        key=lambda w: (evaluations[w].cpm, np.nan_to_num(evaluations[w].sensitivity_1fp_6mm_plus, nan=0.0)),
+    )
+    return OperatingPoint(
+        score_weight=best,
+        report_threshold=evaluations[best].threshold_1fp,
+        cpm_by_weight={f"{w:g}": evaluations[w].cpm for w in weights},
+        studies=len(cohort),
+        nodules=sum(len(s.nodules) for s in cohort),
+        seed=seed,
+    )
 
 
 def froc_curve(results: Sequence[StudyResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,19 +238,18 @@ def summarize(results: Sequence[StudyResult]) -> Evaluation:
     )
 
 
-def evaluate(
+def analyze_cohort(
     studies: Iterable[CachedStudy],
     detector: ModelSpec,
     classifier: ModelSpec,
     runner: TorchRunner,
     cfg: AnalysisConfig,
-) -> Evaluation:
-    """Run both models on every study (one at a time) and summarize."""
-    results = []
-    for study in studies:
-        analysis = analyze(study.preprocessed, detector, classifier, runner, cfg)
-        results.append(match_study(analysis.findings, study))
-    return summarize(results)
+) -> list[StudyFindings]:
+    """Run both models on every study, one at a time (only findings and truth are kept)."""
+    return [
+        StudyFindings(analyze(s.preprocessed, detector, classifier, runner, cfg).findings, s.nodules)
+        for s in studies
+    ]
 
 
 def plot_froc(evaluation: Evaluation, path: Path, title: str) -> Path:

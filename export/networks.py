@@ -36,6 +36,11 @@ CLASSIFIER_KWARGS: dict[str, Any] = {
     "strides": (2, 2, 2, 2),
     "num_res_units": 1,
     "dropout": 0.1,
+    # Batch, not MONAI's default instance norm: normalizing each crop's own 2x2x2 final map
+    # erased absolute density, the cue between ground-glass and solid nodules (type accuracy
+    # with the same data and steps: tuning cohort 0.727 -> 0.909, held-out 0.765 -> 0.853;
+    # export/README.md).
+    "norm": "batch",
 }
 
 SPACING_MM = (1.5, 1.5, 1.5)

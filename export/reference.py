@@ -12,7 +12,15 @@ from pathlib import Path
 
 from export.checkpoint import Checkpoint
 from export.dataset import cache_cohort, iter_cached, load_cached
-from export.evaluate import Evaluation, TorchRunner, evaluate, plot_froc
+from export.evaluate import (
+    Evaluation,
+    StudyFindings,
+    TorchRunner,
+    analyze_cohort,
+    choose_score_weight,
+    plot_froc,
+    summarize_at,
+)
 from export.networks import CLASSIFIER_SPEC, DETECTOR_SPEC
 from export.recipe import ReferenceRecipe
 from export.spec import SYNTHETIC_DATA_NOTICE
@@ -21,6 +29,9 @@ from pipeline.analysis import AnalysisConfig
 
 TRAIN_SEED = 1001
 EVAL_SEED = 2002  # a different seed: no study of the evaluation cohort is seen in training
+# The tuning cohort, neither trained on nor the held-out one: it chooses the pair's score weight
+# and report threshold, so the held-out figures are not tuned on themselves.
+TUNE_SEED = 3003
 Log = Callable[[str], None]
 
 
@@ -82,7 +93,8 @@ def train_reference(
         log(f"detector reused from {detector_from}")
     mined = None
     if recipe.mine_candidates:
-        mined = mine_candidates(studies, detector, log=log)
+        mining = AnalysisConfig(max_candidates=recipe.mining_max_candidates)
+        mined = mine_candidates(studies, detector, mining, log=log)
         log(f"detector candidates in the training studies: {mined_counts(mined)}")
     classifier = train_classifier(studies, recipe.classifier, log, mined)
     classifier.training["data"] = data
@@ -97,15 +109,30 @@ def evaluate_reference(
     recipe: ReferenceRecipe,
     cfg: AnalysisConfig,
     log: Log = print,
+    score_weight: float | None = None,
 ) -> Evaluation:
-    """Evaluate both checkpoints on the held-out cohort; writes evaluation.json and froc.png."""
-    cohort = make_cohort(
-        workdir / "eval-cohort", recipe.eval_studies, EVAL_SEED, recipe.eval_profile, log, recipe.workers
-    )
-    paths = cache_cohort(cohort, workdir / "eval-cache", DETECTOR_SPEC, recipe.workers)
+    """Evaluate both checkpoints on the held-out cohort; writes evaluation.json and froc.png.
+
+    Without ``score_weight`` the weight (and the report threshold) is first chosen on the tuning
+    cohort and recorded in the evaluation's ``tuning``.
+    """
     detector, classifier = Checkpoint.load(detector_path), Checkpoint.load(classifier_path)
     runner = TorchRunner({DETECTOR_SPEC.name: detector.build(), CLASSIFIER_SPEC.name: classifier.build()})
-    result = evaluate(iter_cached(paths), detector.spec, classifier.spec, runner, cfg)
+
+    def findings(name: str, studies: int, seed: int) -> list[StudyFindings]:
+        profile, workers = recipe.eval_profile, recipe.workers
+        cohort = make_cohort(workdir / f"{name}-cohort", studies, seed, profile, log, workers)
+        paths = cache_cohort(cohort, workdir / f"{name}-cache", DETECTOR_SPEC, recipe.workers)
+        return analyze_cohort(iter_cached(paths), detector.spec, classifier.spec, runner, cfg)
+
+    tuning = None
+    if score_weight is None:
+        tuning = choose_score_weight(findings("tune", recipe.tune_studies, TUNE_SEED), seed=TUNE_SEED)
+        score_weight = tuning.score_weight
+        log(f"tuning cohort: score weight {score_weight:g} (CPM by weight {tuning.cpm_by_weight}), "
+            f"report threshold {tuning.report_threshold:.3f}")  # fmt: skip
+    result = summarize_at(findings("eval", recipe.eval_studies, EVAL_SEED), score_weight)
+    result.tuning = tuning
     (workdir / "evaluation.json").write_text(result.to_json())
     plot_froc(
         result, workdir / "froc.png", f"{DETECTOR_SPEC.name}: held-out synthetic cohort (seed {EVAL_SEED})"

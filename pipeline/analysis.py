@@ -7,6 +7,7 @@ post-processing.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,12 +33,14 @@ class ModelRunner(Protocol):
 # Detector probability above which connected voxels form a candidate. `lungscreen evaluate`
 # measures the model cards' figures at this same value, so they describe what the job does.
 CANDIDATE_THRESHOLD = 0.5
-# A finding's score is detector peak ** w x classifier nodule probability ** (1 - w). The
-# classifier's nodule probability is least reliable on large masses (few in training: it gave a
-# 31 mm solid nodule 0.30), and ranking by it adds nothing yet; w = 0.75 against the plain
-# geometric mean (0.5) kept the held-out CPM (0.607) and raised sensitivity at 1 FP/scan for
-# nodules >= 6 mm from 0.692 to 0.731 (3-6 mm: 0.429 to 0.357), export/README.md.
-DETECTOR_SCORE_WEIGHT = 0.75
+# A finding's score mixes the detector's peak and the classifier's nodule probability in log-odds
+# (:func:`finding_score`), detector weight w. The weight belongs to the pair of models:
+# `lungscreen evaluate` chooses it on the tuning cohort, and this default is the committed pair's
+# (model_repository/lung_nodule_detector/evaluation.json, tests/job/test_triage.py checks it).
+DETECTOR_SCORE_WEIGHT = 0.5
+# Probabilities are clipped this far from 0 and 1 before their log-odds: float32 sigmoids reach
+# exactly 1.0 (the served detector's peak on half of the nodules it finds).
+_SCORE_EPS = 1e-7
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class AnalysisConfig:
     classifier_batch: int = 8
     in_flight: int = 4
     lung_gate: bool = True
+    detector_score_weight: float = DETECTOR_SCORE_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,23 @@ class Analysis:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, _SCORE_EPS), 1.0 - _SCORE_EPS)
+    return math.log(p / (1.0 - p))
+
+
+def finding_score(detector_score: float, nodule_probability: float, weight: float) -> float:
+    """A finding's ranking score: sigmoid(w logit(detector peak) + (1 - w) logit(nodule probability)).
+
+    Log-odds, not a weighted geometric mean of the probabilities: the nodule-balanced detector's
+    peaks crowd below 1 (0.99 to 0.9999999 among the most certain), where their logarithms are
+    all near 0 and any classifier weight would override them; their log-odds keep that order.
+    ``weight`` 1 ranks by the detector alone, 0 by the classifier alone.
+    """
+    mixed = weight * _logit(detector_score) + (1.0 - weight) * _logit(nodule_probability)
+    return 1.0 / (1.0 + math.exp(-mixed))
 
 
 def region_of(center_ijk: Sequence[float], box: tuple[slice, slice, slice]) -> str:
@@ -176,7 +197,7 @@ def classify(
                 volume_mm3=cand.volume_mm3,
                 detector_score=cand.score,
                 nodule_probability=p_nodule,
-                score=float(cand.score**DETECTOR_SCORE_WEIGHT * p_nodule ** (1.0 - DETECTOR_SCORE_WEIGHT)),
+                score=finding_score(cand.score, p_nodule, cfg.detector_score_weight),
                 malignancy=float(_sigmoid(s[CLASSIFIER_SLOTS["malignancy"]])),
                 nodule_type=types[int(type_p.argmax())],
                 type_probability=float(type_p.max()),

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from export.networks import CLASSIFIER_NAME, DETECTOR_NAME
-from pipeline.analysis import CANDIDATE_THRESHOLD, AnalysisConfig
+from pipeline.analysis import CANDIDATE_THRESHOLD, DETECTOR_SCORE_WEIGHT, AnalysisConfig
 from pipeline.errors import LungscreenError
 from pipeline.triage import REPORT_THRESHOLD, SUSPICIOUS_MALIGNANCY, TriageConfig
 
@@ -42,6 +42,12 @@ class AnalysisSettings(_Section):
     detector_batch: int = Field(4, ge=1)
     classifier_batch: int = Field(8, ge=1)
     lung_gate: bool = Field(True, description="keep detections only in the (grown) lung mask")
+    detector_score_weight: float = Field(
+        DETECTOR_SCORE_WEIGHT,
+        ge=0,
+        le=1,
+        description="detector weight of a finding's log-odds score (analysis.finding_score)",
+    )
 
     def to_runtime(self, in_flight: int) -> AnalysisConfig:
         return AnalysisConfig(in_flight=in_flight, **self.model_dump())

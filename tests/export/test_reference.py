@@ -109,3 +109,42 @@ def test_a_card_lists_every_training_cycle_in_the_order_they_ran() -> None:
         "nodule-balanced Dice" in card
     )
     assert card.index("Cycle 1") < card.index("Cycle 2")
+
+
+def test_evaluate_tunes_the_score_weight_unless_one_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from export.evaluate import Evaluation
+    from pipeline.cli import app
+
+    asked: list[object] = []
+
+    def capture(*args: object) -> Evaluation:
+        asked.append(args[-1])
+        return Evaluation(1, 1, [1.0], [0.5], 0.5, 0.5, 0.5)
+
+    monkeypatch.setattr("export.reference.evaluate_reference", capture)
+    base = ["evaluate", "--workdir", str(tmp_path), "--no-cards"]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    assert CliRunner().invoke(app, [*base, "--score-weight", "0.6"]).exit_code == 0
+    assert CliRunner().invoke(app, [*base, "--score-weight", "1.5"]).exit_code != 0
+    assert asked == [None, 0.6]
+
+
+def test_the_card_says_where_the_score_weight_came_from() -> None:
+    from export.cards import detector_card
+    from export.checkpoint import Checkpoint
+    from export.evaluate import Evaluation, OperatingPoint
+
+    ckpt = Checkpoint("m:f", {}, {}, DETECTOR_SPEC, {"config": {"steps": 1}})
+    tuned = OperatingPoint(0.6, 0.71, {"0.5": 0.70, "0.6": 0.74}, 24, 38, 3003)
+    card = detector_card(
+        Evaluation(1, 1, [1.0], [0.5], 0.5, 0.5, 0.5, score_weight=0.6, tuning=tuned), ckpt, "c"
+    )
+    assert "sigmoid(0.6 logit(detector peak probability) + 0.4 logit(classifier nodule" in card
+    assert "tuning cohort (24 studies, 38 nodules,\nseed 3003" in card
+    assert "0.6: 0.740" in card and "is 0.710" in card
+    given = detector_card(Evaluation(1, 1, [1.0], [0.5], 0.5, 0.5, 0.5, score_weight=1.0), ckpt, "c")
+    assert "+ 0 logit(classifier nodule probability)) (weight given" in given

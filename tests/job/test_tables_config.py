@@ -7,8 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.evaluate import Match, StudyResult, froc_curve, roc_auc, sensitivity_at, summarize
-from pipeline.analysis import Finding
+from export.dataset import TruthNodule
+from export.evaluate import (
+    Match,
+    StudyFindings,
+    StudyResult,
+    choose_score_weight,
+    froc_curve,
+    roc_auc,
+    sensitivity_at,
+    summarize,
+    summarize_at,
+)
+from pipeline.analysis import Finding, finding_score
 from pipeline.config import ConfigError, load_config
 from pipeline.tables import RunConflictError, RunWriter
 
@@ -113,8 +124,56 @@ def test_froc_counts_hits_once_and_fps_per_scan() -> None:
     assert ev.cpm == pytest.approx(np.mean([0, 0, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3]))
 
 
+def _scored(at: tuple[float, float, float], detector: float, nodule: float) -> Finding:
+    return Finding(at, 8.0, 8.0, 200.0, detector, nodule, 0.0, 0.5, "solid", 0.9, "r")
+
+
+def _cohort(detector_right: bool) -> list[StudyFindings]:
+    """Two studies with one 8 mm nodule and one false positive each; only one model ranks the
+    nodule above the false positive, and only it alone (weight 1 or 0) ranks it right."""
+    nodule = TruthNodule((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 8.0, 0, False, 0.1)
+    hit, fp = ((0.9, 0.2), (0.6, 0.9)) if detector_right else ((0.2, 0.9), (0.9, 0.6))
+    findings = [_scored((0.0, 0.0, 0.0), *hit), _scored((50.0, 0.0, 0.0), *fp)]
+    return [StudyFindings(findings, (nodule,)), StudyFindings(findings, (nodule,))]
+
+
+def test_the_score_weight_is_chosen_by_the_cohorts_cpm() -> None:
+    by_detector = choose_score_weight(_cohort(detector_right=True), weights=(0.0, 0.5, 1.0), seed=3)
+    assert by_detector.score_weight == 1.0  # the classifier alone ranks the false positive first
+    assert by_detector.cpm_by_weight["0"] < by_detector.cpm_by_weight["1"]
+    assert (by_detector.studies, by_detector.nodules, by_detector.seed) == (2, 2, 3)
+    assert by_detector.report_threshold == pytest.approx(0.6)  # at w = 1: the false positives' peak
+    by_classifier = choose_score_weight(_cohort(detector_right=False), weights=(1.0, 0.5, 0.0))
+    assert by_classifier.score_weight == 0.0
+    with pytest.raises(ValueError, match="at least one weight"):
+        choose_score_weight(_cohort(True), weights=())
+
+
+def test_findings_are_rescored_at_the_weight_asked_for() -> None:
+    cohort = _cohort(detector_right=True)
+    ev = summarize_at(cohort, 0.5)
+    assert ev.score_weight == 0.5
+    # One false positive per scan keeps every finding: the threshold is the lowest score, the hit's.
+    # The hit's odds at w = 0.5: sqrt(9 x 0.25) = 1.5, a probability of 0.6.
+    assert ev.threshold_1fp == pytest.approx(0.6)
+    assert cohort[0].findings[0].score == 0.0  # the cohort's own findings are left as they were
+
+
 def test_roc_auc() -> None:
     assert roc_auc([True, True, False, False], [0.9, 0.8, 0.2, 0.1]) == 1.0
     assert roc_auc([True, False], [0.1, 0.9]) == 0.0
     assert roc_auc([True, False, True, False], [0.5, 0.5, 0.5, 0.5]) == 0.5
     assert np.isnan(roc_auc([True, True], [0.1, 0.2]))
+
+
+def test_the_finding_score_mixes_log_odds() -> None:
+    assert finding_score(0.3, 0.3, 0.4) == pytest.approx(0.3)  # agreeing models: that probability
+    assert finding_score(0.9, 0.1, 0.5) == pytest.approx(0.5)  # odds 9 and 1/9 cancel
+    assert finding_score(0.8, 0.1, 1.0) == pytest.approx(0.8)  # weight 1: the detector alone
+    assert finding_score(0.8, 0.1, 0.0) == pytest.approx(0.1)
+    # Near 1 the detector's order survives a classifier that disagrees (a weighted geometric mean
+    # of these two ranks them the other way round).
+    assert finding_score(0.99999, 0.2, 0.7) > finding_score(0.999, 0.4, 0.7)
+    assert 0.999**0.7 * 0.4**0.3 > 0.99999**0.7 * 0.2**0.3
+    # A saturated float32 sigmoid (exactly 1.0) still gives a finite, ordered score.
+    assert finding_score(0.9999, 0.5, 0.5) < finding_score(1.0, 0.5, 0.5) < 1.0
