@@ -74,7 +74,10 @@ serve: setup  ## Run the local Triton server in the foreground (CPU profile)
 # Retrains the reference models with the committed recipe (`lungscreen train` alone took 81 min
 # on 2 cores, before export/train.py's allocator setting cut a detector step from 1.26 to 0.97 s):
 # synthetic cohorts, training, held-out evaluation into the model cards, export as new Triton
-# versions. A retrain gives weights of its own (see export/README.md).
+# versions. A retrain gives weights of its own (see export/README.md), and an operating point of
+# its own: set DETECTOR_SCORE_WEIGHT (pipeline/analysis.py) and REPORT_THRESHOLD
+# (pipeline/triage.py) from the new evaluation.json's "tuning" (tests/job/test_triage.py fails
+# until they match).
 models: setup  ## Train, evaluate and export the reference models
 	$(VENV)/bin/lungscreen train --workdir $(MODELS_WORKDIR)
 	$(VENV)/bin/lungscreen evaluate --workdir $(MODELS_WORKDIR)

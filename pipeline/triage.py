@@ -24,9 +24,10 @@ LAA_THRESHOLD_HU = -950.0
 # Above this fraction of the lung below -950 HU, emphysema is reported as an incidental finding.
 EMPHYSEMA_REPORT_FRACTION = 0.05
 SUSPICIOUS_MALIGNANCY = 0.9
-# The committed models' operating point of 1 false positive per scan on their held-out cohort
-# (threshold_1fp = 0.536 in model_repository/lung_nodule_detector/evaluation.json).
-REPORT_THRESHOLD = 0.54
+# The committed models' operating point of 1 false positive per scan on their tuning cohort
+# (tuning.report_threshold in model_repository/lung_nodule_detector/evaluation.json), rounded
+# down to 0.001 so that cohort's own 1 FP/scan finding is still reported.
+REPORT_THRESHOLD = 0.831
 # A first or last slice holding more lung than this share of the widest slice cuts the lungs.
 CUT_LUNG_AREA_FRACTION = 0.15
 

@@ -97,3 +97,20 @@ KERNELS = (
 @pytest.mark.parametrize(("kernel", "expected"), KERNELS)
 def test_kernel_classes(kernel: str | None, expected: str) -> None:
     assert classify_kernel(kernel) == expected
+
+
+def test_the_jobs_defaults_are_the_committed_models_tuned_operating_point() -> None:
+    import json
+
+    from pipeline.analysis import DETECTOR_SCORE_WEIGHT
+    from pipeline.job import DEFAULT_REPOSITORY
+    from pipeline.triage import REPORT_THRESHOLD
+
+    evaluation = json.loads((DEFAULT_REPOSITORY / "lung_nodule_detector" / "evaluation.json").read_text())
+    tuning = evaluation["tuning"]
+    assert tuning is not None, (
+        "the committed models' evaluation must have chosen its weight on the tuning cohort"
+    )
+    assert DETECTOR_SCORE_WEIGHT == tuning["score_weight"] == evaluation["score_weight"]
+    # Rounded down, so the tuning cohort's own 1 FP/scan finding is still reported.
+    assert REPORT_THRESHOLD <= tuning["report_threshold"] < REPORT_THRESHOLD + 0.001
