@@ -122,14 +122,15 @@ def evaluate_reference(
     def findings(name: str, studies: int, seed: int) -> list[StudyFindings]:
         profile, workers = recipe.eval_profile, recipe.workers
         cohort = make_cohort(workdir / f"{name}-cohort", studies, seed, profile, log, workers)
-        paths = cache_cohort(cohort, workdir / f"{name}-cache", DETECTOR_SPEC, recipe.workers)
+        paths = cache_cohort(cohort, workdir / f"{name}-cache", DETECTOR_SPEC, workers)
         return analyze_cohort(iter_cached(paths), detector.spec, classifier.spec, runner, cfg)
 
     tuning = None
     if score_weight is None:
         tuning = choose_score_weight(findings("tune", recipe.tune_studies, TUNE_SEED), seed=TUNE_SEED)
         score_weight = tuning.score_weight
-        log(f"tuning cohort: score weight {score_weight:g} (CPM by weight {tuning.cpm_by_weight}), "
+        by_weight = ", ".join(f"{w}: {cpm:.3f}" for w, cpm in tuning.cpm_by_weight.items())
+        log(f"tuning cohort: score weight {score_weight:g} (CPM by weight {by_weight}), "
             f"report threshold {tuning.report_threshold:.3f}")  # fmt: skip
     result = summarize_at(findings("eval", recipe.eval_studies, EVAL_SEED), score_weight)
     result.tuning = tuning

@@ -100,7 +100,7 @@ def finding_score(detector_score: float, nodule_probability: float, weight: floa
     ``weight`` 1 ranks by the detector alone, 0 by the classifier alone.
     """
     mixed = weight * _logit(detector_score) + (1.0 - weight) * _logit(nodule_probability)
-    return 1.0 / (1.0 + math.exp(-mixed))
+    return float(_sigmoid(np.float64(mixed)))
 
 
 def region_of(center_ijk: Sequence[float], box: tuple[slice, slice, slice]) -> str:
