@@ -67,7 +67,8 @@ def _operating_point(ev: Evaluation) -> str:
     return (
         f"{score}. The weight was chosen on a tuning cohort ({t.studies} studies, {t.nodules} nodules,\n"
         f"seed {t.seed}; neither trained on nor this one) by its CPM (by weight: {tried}); the report\n"
-        f"threshold, its 1 FP/scan point there, is {t.report_threshold:.3f} (here: {ev.threshold_1fp:.3f})."
+        f"threshold is its 1 FP/scan point there, {t.report_threshold:.4f} (here: {ev.threshold_1fp:.4f});\n"
+        "the job's default (`triage.report_threshold`) is that point rounded down to 3 decimals."
     )
 
 

@@ -145,6 +145,6 @@ def test_the_card_says_where_the_score_weight_came_from() -> None:
     )
     assert "sigmoid(0.6 logit(detector peak probability) + 0.4 logit(classifier nodule" in card
     assert "tuning cohort (24 studies, 38 nodules,\nseed 3003" in card
-    assert "0.6: 0.740" in card and "is 0.710" in card
+    assert "0.6: 0.740" in card and "point there, 0.7100" in card
     given = detector_card(Evaluation(1, 1, [1.0], [0.5], 0.5, 0.5, 0.5, score_weight=1.0), ckpt, "c")
     assert "+ 0 logit(classifier nodule probability)) (weight given" in given
