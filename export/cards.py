@@ -48,6 +48,11 @@ def _cycle(t: dict[str, Any]) -> str:
                 else []
             ),
             *(["nodule-balanced Dice"] if cfg.get("balanced_dice") else []),
+            *(
+                [f"{hard:.0%} of nodule patches on the nodules its start finds weakest"]
+                if (hard := cfg.get("hard_positive_fraction"))
+                else []
+            ),
             f"{t.get('train_seconds', 0):.0f} s on {t.get('device', 'cpu')}",
             f"code `{t.get('code_version', 'unknown')}`",
         ]

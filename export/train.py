@@ -248,7 +248,13 @@ class DetectorPatches:
     them with a bank nodule pasted in.
     """
 
-    def __init__(self, studies: Sequence[CachedStudy], cfg: TrainConfig, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        studies: Sequence[CachedStudy],
+        cfg: TrainConfig,
+        rng: np.random.Generator,
+        peaks: Sequence[np.ndarray] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.bank = nodule_bank(studies)
         self.bank_weights = [nodule_voxel_weight(float(b.mask.sum()), b.spacing, cfg) for b in self.bank]
@@ -266,14 +272,27 @@ class DetectorPatches:
             self.studies.append(_DetectorStudy(s.image, index, weights, centers, negatives, kept))
         self.with_nodules = [s for s in self.studies if len(s.centers)]
         self.augment = detector_augmentation()
+        # (study, nodule) pairs for hard positives, drawn with odds 1 - peak (+ a floor, so a
+        # nodule the detector already finds is not dropped altogether).
+        self.hard: tuple[list[tuple[_DetectorStudy, int]], np.ndarray] | None = None
+        if peaks is not None and cfg.hard_positive_fraction > 0:
+            pairs = [(d, k) for d, p in zip(self.studies, peaks, strict=True) for k in range(len(p))]
+            odds = np.concatenate([1.0 - np.asarray(p, dtype=np.float64) for p in peaks]) + 0.02
+            self.hard = (pairs, odds / odds.sum())
 
     def patch(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One augmented patch as ``{"image", "label", "weight"}`` (each ``(1, *patch)``)."""
         cfg = self.cfg
         size = np.asarray(cfg.patch)
         if self.with_nodules and rng.uniform() < cfg.positive_fraction:
-            s = self.with_nodules[rng.integers(len(self.with_nodules))]
-            center = s.centers[rng.integers(len(s.centers))] + rng.uniform(-1, 1, 3) * size / 4
+            # Drawn only when asked for, as the pleural pastes below.
+            if self.hard is not None and rng.uniform() < cfg.hard_positive_fraction:
+                pairs, odds = self.hard
+                s, k = pairs[rng.choice(len(pairs), p=odds)]
+            else:
+                s = self.with_nodules[rng.integers(len(self.with_nodules))]
+                k = int(rng.integers(len(s.centers)))
+            center = s.centers[k] + rng.uniform(-1, 1, 3) * size / 4
         else:
             s = self.studies[rng.integers(len(self.studies))]
             center = np.asarray(np.unravel_index(s.negatives[rng.integers(len(s.negatives))], s.image.shape))
@@ -372,6 +391,29 @@ def init_output_prior(net: nn.Module, prior: float) -> None:
     nn.init.constant_(last.bias, math.log(prior / (1.0 - prior)))
 
 
+def nodule_peaks(net: nn.Module, studies: Sequence[CachedStudy], patch: Sequence[int]) -> list[np.ndarray]:
+    """Per study, ``net``'s peak probability inside each truth nodule's sphere.
+
+    One pass on a ``patch`` centred on each nodule, not the job's stitched and mirrored map:
+    cheap enough to run before a training cycle, and a nodule the network barely sees there it
+    barely sees in the job either.
+    """
+    peaks = []
+    net.eval()
+    with torch.no_grad():
+        for s in studies:
+            index = nodule_index_volume(s.image.shape, s)
+            found = np.zeros(len(s.nodules))
+            for k, nod in enumerate(s.nodules):
+                image = crop_around(s.image, nod.center_ijk, patch)[None, None].astype(np.float32)
+                inside = crop_around(index, nod.center_ijk, patch) == k + 1
+                if inside.any():
+                    prob = torch.sigmoid(net(torch.from_numpy(image)))[0, 0].numpy()
+                    found[k] = float(prob[inside].max())
+            peaks.append(found)
+    return peaks
+
+
 def train_detector(
     studies: Sequence[CachedStudy], cfg: TrainConfig, log: Log = print, start: Checkpoint | None = None
 ) -> Checkpoint:
@@ -379,11 +421,20 @@ def train_detector(
 
     ``start`` continues from a trained detector's weights with a fresh cosine cycle of ``cfg``
     (a warm restart) instead of from random weights; its training record is kept under
-    ``previous`` in the new one.
+    ``previous`` in the new one. ``cfg.hard_positive_fraction`` needs it.
     """
+    if cfg.hard_positive_fraction > 0 and start is None:
+        raise ValueError("hard_positive_fraction needs a start detector: it is what finds the hard nodules")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    patches = DetectorPatches(studies, cfg, np.random.default_rng(cfg.seed))
+    peaks = None
+    record: dict[str, Any] = {}
+    if start is not None and cfg.hard_positive_fraction > 0:
+        peaks = nodule_peaks(start.build(), studies, cfg.patch)
+        flat = np.concatenate(peaks)
+        record["start_nodule_peaks"] = {"nodules": int(flat.size), "below_0.5": int((flat < 0.5).sum())}
+        log(f"detector start: {int((flat < 0.5).sum())} of {flat.size} training nodules peak below 0.5")
+    patches = DetectorPatches(studies, cfg, np.random.default_rng(cfg.seed), peaks)
     next_batch = batches(patches.batch, cfg)
     if start is None:
         factory, kwargs, spec = DETECTOR_FACTORY, DETECTOR_KWARGS, DETECTOR_SPEC
@@ -408,6 +459,7 @@ def train_detector(
             "config": asdict(cfg),
             "studies": [s.key for s in studies],
             **history,
+            **record,
             **({"previous": start.training} if start is not None else {}),
         },
     )

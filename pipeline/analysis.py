@@ -37,7 +37,7 @@ CANDIDATE_THRESHOLD = 0.5
 # (:func:`finding_score`), detector weight w. The weight belongs to the pair of models:
 # `lungscreen evaluate` chooses it on the tuning cohort, and this default is the committed pair's
 # (model_repository/lung_nodule_detector/evaluation.json, tests/job/test_triage.py checks it).
-DETECTOR_SCORE_WEIGHT = 0.5
+DETECTOR_SCORE_WEIGHT = 0.7
 # Probabilities are clipped this far from 0 and 1 before their log-odds: float32 sigmoids reach
 # exactly 1.0 (the served detector's peak on half of the nodules it finds).
 _SCORE_EPS = 1e-7

@@ -96,6 +96,7 @@ def test_a_card_lists_every_training_cycle_in_the_order_they_ran() -> None:
             "seed": 7,
             "pleural_paste_fraction": 0.5,
             "balanced_dice": True,
+            "hard_positive_fraction": 0.25,
         },
         "precision": "bf16",
         "previous": first,
@@ -106,7 +107,7 @@ def test_a_card_lists_every_training_cycle_in_the_order_they_ran() -> None:
     assert "- Cycle 1: 2400 steps, learning rate 0.002, seed 0, fp32, 0 s" in card  # no pleural pastes
     assert (
         "- Cycle 2: 3000 steps, learning rate 0.001, seed 7, bf16, 50% of pastes against the pleura, "
-        "nodule-balanced Dice" in card
+        "nodule-balanced Dice, 25% of nodule patches on the nodules its start finds weakest" in card
     )
     assert card.index("Cycle 1") < card.index("Cycle 2")
 

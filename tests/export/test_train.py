@@ -26,6 +26,7 @@ from export.train import (
     native_bf16,
     nodule_bank,
     nodule_index_volume,
+    nodule_peaks,
     nodule_voxel_weight,
     paste_nodule,
     reuse_freed_memory,
@@ -137,6 +138,47 @@ def test_pleural_paste_fraction_changes_where_patches_get_their_pasted_nodules()
 
     assert torch.equal(batch(0.0), batch(0.0))
     assert not torch.equal(batch(0.0), batch(1.0))
+
+
+def test_hard_positives_go_to_the_nodule_the_start_detector_misses() -> None:
+    def small_share(fraction: float) -> float:
+        cfg = TrainConfig(
+            patch=(32, 32, 32), batch=64, positive_fraction=1.0, paste_probability=0.0,
+            hard_positive_fraction=fraction,
+        )  # fmt: skip
+        # The start detector found the 15 mm nodule (peak 0.99) and missed the 4.5 mm one (0.01).
+        peaks = [np.array([0.01, 0.99])]
+        patches = DetectorPatches([toy_study()], cfg, np.random.default_rng(0), peaks)
+        weight = patches.batch(np.random.default_rng(1))[2]
+        return float((weight == weight.max()).flatten(1).any(1).float().mean())
+
+    # Uniform per nodule: half the patches are centred on the small one, and some of the big
+    # one's hold it too (18 voxels away, patches jittered by up to 8).
+    assert small_share(0.0) < 0.8
+    # All hard: odds 0.99 + 0.02 against 0.01 + 0.02, so about 97 % are centred on the small one.
+    assert small_share(1.0) > 0.9
+
+
+def test_nodule_peaks_read_the_network_inside_each_nodule_only() -> None:
+    class Bright(torch.nn.Module):
+        """Probability = the image itself (logit of the clipped intensity)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.logit(x.clamp(1e-4, 1 - 1e-4))
+
+    study = toy_study()
+    image = study.image.copy()
+    image[study.image >= SOFT - 0.05] = 0.3  # body and nodules at 0.3 ...
+    image[nodule_index_volume(image.shape, study) == 2] = 0.9  # ... except the 15 mm nodule
+    darker = CachedStudy("toy", image, study.affine, SPACING, study.box, study.nodules)
+    (peaks,) = nodule_peaks(Bright(), [darker], (32, 32, 32))
+    assert peaks == pytest.approx([0.3, 0.9], abs=1e-3)
+
+
+def test_hard_positives_need_a_start_detector() -> None:
+    cfg = TrainConfig(steps=1, batch=1, patch=(32, 32, 32), hard_positive_fraction=0.5)
+    with pytest.raises(ValueError, match="needs a start detector"):
+        train_detector([toy_study()], cfg, log=lambda _: None)
 
 
 def test_output_prior_starts_the_detector_near_background() -> None:
