@@ -1,7 +1,8 @@
 """Training of the two reference models on cached synthetic studies (CPU-feasible, seeded).
 
 The detector learns a nodule mask (spheres of the truth diameter) from 3D patches sampled half
-around nodules (uniformly per nodule) and half on hard negatives (vessels, chest wall,
+around nodules (uniformly per nodule, or favouring those a warm restart's start detector sees
+worst: ``hard_positive_fraction``) and half on hard negatives (vessels, chest wall,
 mediastinum inside the lung box), with nodule-balanced loss weights and MONAI dictionary
 transforms for augmentation. The classifier learns, on crops
 around true nodules and around hard negatives, whether a candidate is a nodule, its malignancy
@@ -245,7 +246,8 @@ class DetectorPatches:
 
     A share of the patches is centred near a real nodule, chosen uniformly among nodules (not
     voxels, which would favour the large ones); the rest are centred on hard negatives, half of
-    them with a bank nodule pasted in.
+    them with a bank nodule pasted in. With ``peaks`` (:func:`nodule_peaks` of the start
+    detector), ``cfg.hard_positive_fraction`` of the nodule patches favour the nodules it sees worst.
     """
 
     def __init__(
@@ -423,17 +425,18 @@ def train_detector(
     (a warm restart) instead of from random weights; its training record is kept under
     ``previous`` in the new one. ``cfg.hard_positive_fraction`` needs it.
     """
-    if cfg.hard_positive_fraction > 0 and start is None:
-        raise ValueError("hard_positive_fraction needs a start detector: it is what finds the hard nodules")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     peaks = None
     record: dict[str, Any] = {}
-    if start is not None and cfg.hard_positive_fraction > 0:
+    if cfg.hard_positive_fraction > 0:
+        if start is None:
+            raise ValueError("hard_positive_fraction needs a start detector: it finds the hard nodules")
         peaks = nodule_peaks(start.build(), studies, cfg.patch)
         flat = np.concatenate(peaks)
-        record["start_nodule_peaks"] = {"nodules": int(flat.size), "below_0.5": int((flat < 0.5).sum())}
-        log(f"detector start: {int((flat < 0.5).sum())} of {flat.size} training nodules peak below 0.5")
+        weak = int((flat < 0.5).sum())
+        record["start_nodule_peaks"] = {"nodules": int(flat.size), "below_0.5": weak}
+        log(f"detector start: {weak} of {flat.size} training nodules peak below 0.5")
     patches = DetectorPatches(studies, cfg, np.random.default_rng(cfg.seed), peaks)
     next_batch = batches(patches.batch, cfg)
     if start is None:
