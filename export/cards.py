@@ -53,6 +53,7 @@ def _cycle(t: dict[str, Any]) -> str:
                 if (hard := cfg.get("hard_positive_fraction"))
                 else []
             ),
+            *(["on both training cohorts"] if cfg.get("second_cohort") else []),
             f"{t.get('train_seconds', 0):.0f} s on {t.get('device', 'cpu')}",
             f"code `{t.get('code_version', 'unknown')}`",
         ]
@@ -84,9 +85,16 @@ def _training(ckpt: Checkpoint) -> str:
     while "previous" in cycles[0]:  # warm restarts: list the cycles in the order they ran
         cycles.insert(0, cycles[0]["previous"])
     steps = "\n".join(f"- Cycle {i}: {_cycle(c)}." for i, c in enumerate(cycles, 1))
+    second = data.get("second")
+    also = (
+        f"; the cycles on both training cohorts add {second.get('studies', '?')} more (seed "
+        f"{second.get('seed', '?')})"
+        if second
+        else ""
+    )
     return (
         f"- Data: {data.get('studies', '?')} synthetic studies from `synth` (profile "
-        f"`{data.get('profile', '?')}`, seed {data.get('seed', '?')}).\n"
+        f"`{data.get('profile', '?')}`, seed {data.get('seed', '?')}){also}.\n"
         f"{steps}\n"
         f"- Network: `{ckpt.factory}` with `{ckpt.kwargs}`."
     )

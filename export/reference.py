@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from export.checkpoint import Checkpoint
-from export.dataset import cache_cohort, iter_cached, load_cached
+from export.dataset import CachedStudy, cache_cohort, iter_cached, load_cached
 from export.evaluate import (
     Evaluation,
     StudyFindings,
@@ -32,6 +32,9 @@ EVAL_SEED = 2002  # a different seed: no study of the evaluation cohort is seen 
 # The tuning cohort, neither trained on nor the held-out one: it chooses the pair's score weight
 # and report threshold, so the held-out figures are not tuned on themselves.
 TUNE_SEED = 3003
+# The second training cohort (``ReferenceRecipe.second_train_studies``), for the detector cycles
+# with ``second_cohort``.
+SECOND_TRAIN_SEED = 4004
 Log = Callable[[str], None]
 
 
@@ -70,20 +73,23 @@ def train_reference(
     a GPU machine) instead of training one; the classifier is always trained here, on the
     candidates that detector finds in the training studies when the recipe mines them.
     """
-    cohort = make_cohort(
-        workdir / "train-cohort", recipe.train_studies, TRAIN_SEED, recipe.train_profile, log, recipe.workers
-    )
-    paths = cache_cohort(cohort, workdir / "train-cache", DETECTOR_SPEC, recipe.workers)
-    studies = [load_cached(p) for p in paths]
-    log(f"training on {len(studies)} studies, {sum(len(s.nodules) for s in studies)} nodules")
+    studies = _training_studies(workdir, "train", recipe.train_studies, TRAIN_SEED, recipe, log)
     det_path = workdir / f"{DETECTOR_SPEC.name}.pt"
     data = _data_record(recipe, TRAIN_SEED, recipe.train_studies)
     if detector_from is None:
         detector = train_detector(studies, recipe.detector, log)
         detector.training["data"] = data
+        second: list[CachedStudy] = []
         for cycle, restart in enumerate(recipe.detector_restarts, 2):
             log(f"detector: warm restart {cycle} from the previous cycle's weights")
-            detector = train_detector(studies, restart, log, start=detector)
+            if restart.second_cohort and not second:
+                second = _training_studies(
+                    workdir, "train2", recipe.second_train_studies, SECOND_TRAIN_SEED, recipe, log
+                )
+                extra = _data_record(recipe, SECOND_TRAIN_SEED, recipe.second_train_studies)
+                data = {**data, "second": extra}
+            cycle_studies = [*studies, *second] if restart.second_cohort else studies
+            detector = train_detector(cycle_studies, restart, log, start=detector)
             detector.training["data"] = data
         detector.save(det_path)
     else:
@@ -141,6 +147,17 @@ def evaluate_reference(
     log(f"CPM {result.cpm:.3f}, sensitivity at 1 FP/scan (>= 6 mm) {result.sensitivity_1fp_6mm_plus:.3f}, "
         f"malignancy AUC {result.malignancy_auc:.3f}, type accuracy {result.type_accuracy:.3f}")  # fmt: skip
     return result
+
+
+def _training_studies(
+    workdir: Path, name: str, studies: int, seed: int, recipe: ReferenceRecipe, log: Log
+) -> list[CachedStudy]:
+    """Generate (once), cache and load one training cohort."""
+    profile, workers = recipe.train_profile, recipe.workers
+    cohort = make_cohort(workdir / f"{name}-cohort", studies, seed, profile, log, workers)
+    loaded = [load_cached(p) for p in cache_cohort(cohort, workdir / f"{name}-cache", DETECTOR_SPEC, workers)]
+    log(f"{name}: {len(loaded)} studies, {sum(len(s.nodules) for s in loaded)} nodules")
+    return loaded
 
 
 def _data_record(recipe: ReferenceRecipe, seed: int, studies: int) -> dict[str, object]:

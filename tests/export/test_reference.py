@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -97,18 +98,22 @@ def test_a_card_lists_every_training_cycle_in_the_order_they_ran() -> None:
             "pleural_paste_fraction": 0.5,
             "balanced_dice": True,
             "hard_positive_fraction": 0.25,
+            "second_cohort": True,
         },
         "precision": "bf16",
         "previous": first,
     }
-    ckpt = Checkpoint("m:f", {}, {}, DETECTOR_SPEC, {**second, "data": {"studies": 144}})
+    data = {"studies": 144, "seed": 1001, "second": {"studies": 144, "seed": 4004}}
+    ckpt = Checkpoint("m:f", {}, {}, DETECTOR_SPEC, {**second, "data": data})
     ev = Evaluation(1, 1, [1.0], [0.5], 0.5, 0.5, 0.5)
     card = detector_card(ev, ckpt, "lungscreen evaluate")
     assert "- Cycle 1: 2400 steps, learning rate 0.002, seed 0, fp32, 0 s" in card  # no pleural pastes
     assert (
         "- Cycle 2: 3000 steps, learning rate 0.001, seed 7, bf16, 50% of pastes against the pleura, "
-        "nodule-balanced Dice, 25% of nodule patches on the nodules its start finds weakest" in card
+        "nodule-balanced Dice, 25% of nodule patches on the nodules its start finds weakest, "
+        "on both training cohorts" in card
     )
+    assert "seed 1001); the cycles on both training cohorts add 144 more (seed 4004)." in card
     assert card.index("Cycle 1") < card.index("Cycle 2")
 
 
@@ -149,3 +154,41 @@ def test_the_card_says_where_the_score_weight_came_from() -> None:
     assert "0.6: 0.740" in card and "point there, 0.7100" in card
     given = detector_card(Evaluation(1, 1, [1.0], [0.5], 0.5, 0.5, 0.5, score_weight=1.0), ckpt, "c")
     assert "+ 0 logit(classifier nodule probability)) (weight given" in given
+
+
+def test_only_the_cycles_marked_so_train_on_the_second_cohort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export import reference
+    from export.recipe import ReferenceRecipe, TrainConfig
+
+    class Trained:
+        def __init__(self) -> None:
+            self.training: dict[str, Any] = {}
+
+        def save(self, path: Path) -> Path:
+            return path
+
+    studies_per_cycle: list[int] = []
+    detectors: list[Trained] = []
+
+    def fake_train(studies: list[object], cfg: TrainConfig, log: object, start: object = None) -> Trained:
+        studies_per_cycle.append(len(studies))
+        detectors.append(Trained())
+        return detectors[-1]
+
+    monkeypatch.setattr(reference, "train_detector", fake_train)
+    monkeypatch.setattr(reference, "train_classifier", lambda *a: Trained())
+    recipe = ReferenceRecipe(
+        train_studies=1,
+        second_train_studies=2,
+        train_profile="small",
+        detector_restarts=(TrainConfig(), TrainConfig(second_cohort=True), TrainConfig(second_cohort=True)),
+        mine_candidates=False,
+    )
+    reference.train_reference(tmp_path, recipe, print)
+    assert studies_per_cycle == [1, 1, 3, 3]
+    assert "second" not in detectors[1].training["data"]
+    assert detectors[-1].training["data"]["second"]["seed"] == reference.SECOND_TRAIN_SEED
+    seeds = pq.read_table(tmp_path / "train2-cohort" / "truth_studies.parquet", columns=["seed"])
+    assert set(seeds.column("seed").to_pylist()) == {reference.SECOND_TRAIN_SEED}
