@@ -179,7 +179,12 @@ def _cuda_available() -> bool:
 
 
 def evaluate_command(
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where `lungscreen train` left its checkpoints."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, help="Where the evaluation cohorts and caches go."),
+    checkpoints: Path | None = typer.Option(
+        None,
+        help="Folder with both checkpoints (default: the workdir, where `lungscreen train` leaves "
+        "them); export/checkpoints measures the committed weights.",
+    ),
     eval_studies: int = typer.Option(24, min=1, help="Held-out synthetic studies (a seed never trained on)."),
     profile: str = typer.Option(_RECIPE.eval_profile, help="Synthetic held-out cohort profile."),
     threshold: float = typer.Option(
@@ -203,9 +208,10 @@ def evaluate_command(
     from pipeline.analysis import AnalysisConfig
 
     recipe = replace(_RECIPE, eval_studies=eval_studies, tune_studies=tune_studies, eval_profile=profile)
+    checkpoints = checkpoints or workdir
     result = evaluate_reference(
-        workdir / f"{DETECTOR_SPEC.name}.pt",
-        workdir / f"{CLASSIFIER_SPEC.name}.pt",
+        checkpoints / f"{DETECTOR_SPEC.name}.pt",
+        checkpoints / f"{CLASSIFIER_SPEC.name}.pt",
         workdir,
         recipe,
         AnalysisConfig(candidate_threshold=threshold),
@@ -216,8 +222,14 @@ def evaluate_command(
     if cards:
         weight = f"--score-weight {score_weight:g}" if score_weight is not None else ""
         command = (
-            f"lungscreen evaluate --eval-studies {eval_studies} --tune-studies {tune_studies} "
-            f"--profile {profile} --threshold {threshold} {weight}"
+            f"lungscreen evaluate --checkpoints {_shown(checkpoints)} --eval-studies {eval_studies} "
+            f"--tune-studies {tune_studies} --profile {profile} --threshold {threshold} {weight}"
         ).strip()
-        for path in write_model_cards(repository, result, workdir, command):
+        for path in write_model_cards(repository, result, checkpoints, workdir, command):
             console.print(f"wrote {path}")
+
+
+def _shown(path: Path) -> str:
+    """A path as a card shows it: relative to the project where it is inside, so a clone can run it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(PROJECT_ROOT)) if resolved.is_relative_to(PROJECT_ROOT) else str(path)

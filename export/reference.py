@@ -165,8 +165,13 @@ def _data_record(recipe: ReferenceRecipe, seed: int, studies: int) -> dict[str, 
             "notice": SYNTHETIC_DATA_NOTICE}  # fmt: skip
 
 
-def write_model_cards(repository: Path, evaluation: Evaluation, workdir: Path, command: str) -> list[Path]:
-    """Write both model cards (and the FROC PNG beside the detector's) from measured figures."""
+def write_model_cards(
+    repository: Path, evaluation: Evaluation, checkpoints: Path, workdir: Path, command: str
+) -> list[Path]:
+    """Write both model cards (and the FROC PNG beside the detector's) from measured figures.
+
+    ``checkpoints`` holds the two checkpoints measured, ``workdir`` the evaluation's FROC PNG.
+    """
     import shutil
 
     from export.cards import classifier_card, detector_card
@@ -175,8 +180,8 @@ def write_model_cards(repository: Path, evaluation: Evaluation, workdir: Path, c
     det_dir = repository / DETECTOR_SPEC.name
     det_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(workdir / "froc.png", det_dir / "froc.png")
-    det_ckpt = Checkpoint.load(workdir / f"{DETECTOR_SPEC.name}.pt")
-    cls_ckpt = Checkpoint.load(workdir / f"{CLASSIFIER_SPEC.name}.pt")
+    det_ckpt = Checkpoint.load(checkpoints / f"{DETECTOR_SPEC.name}.pt")
+    cls_ckpt = Checkpoint.load(checkpoints / f"{CLASSIFIER_SPEC.name}.pt")
     for model_dir, text in (
         (det_dir, detector_card(evaluation, det_ckpt, command)),
         (repository / CLASSIFIER_SPEC.name, classifier_card(evaluation, cls_ckpt, command)),

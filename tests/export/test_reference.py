@@ -139,6 +139,31 @@ def test_evaluate_tunes_the_score_weight_unless_one_is_given(
     assert asked == [None, 0.6]
 
 
+def test_evaluate_reads_the_checkpoints_from_their_own_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from export.evaluate import Evaluation
+    from pipeline.cli import app
+
+    read: list[object] = []
+
+    def capture(detector: Path, classifier: Path, workdir: Path, *rest: object) -> Evaluation:
+        read.append((detector, classifier, workdir))
+        return Evaluation(1, 1, [1.0], [0.5], 0.5, 0.5, 0.5)
+
+    monkeypatch.setattr("export.reference.evaluate_reference", capture)
+    base = ["evaluate", "--workdir", str(tmp_path / "work"), "--no-cards"]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    assert CliRunner().invoke(app, [*base, "--checkpoints", str(tmp_path / "ckpt")]).exit_code == 0
+    work, ckpt = tmp_path / "work", tmp_path / "ckpt"
+    assert read == [
+        (work / "lung_nodule_detector.pt", work / "lung_nodule_classifier.pt", work),
+        (ckpt / "lung_nodule_detector.pt", ckpt / "lung_nodule_classifier.pt", work),
+    ]
+
+
 def test_the_card_says_where_the_score_weight_came_from() -> None:
     from export.cards import detector_card
     from export.checkpoint import Checkpoint
