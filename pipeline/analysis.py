@@ -19,7 +19,8 @@ from export.networks import CLASSIFIER_SLOTS
 from export.spec import ModelSpec
 from pipeline.patches import flip_averaged, plan_patches, sliding_window
 from pipeline.postprocess import Candidate, crop_around, extract_candidates, ras_to_lps
-from pipeline.preprocess import Preprocessed, lung_box, lung_region
+from pipeline.preprocess import Preprocessed, crop_at, lung_box, lung_region, same_grid
+from pipeline.volume import Volume
 
 
 class ModelRunner(Protocol):
@@ -121,12 +122,23 @@ def analyze(
     classifier: ModelSpec,
     runner: ModelRunner,
     cfg: AnalysisConfig = AnalysisConfig(),
+    volume: Volume | None = None,
 ) -> Analysis:
-    """Detect, measure and classify nodule candidates in one preprocessed study."""
+    """Detect, measure and classify nodule candidates in one preprocessed study.
+
+    ``pre`` is the study preprocessed for the detector. A classifier whose spec preprocesses
+    otherwise (:func:`~pipeline.preprocess.same_grid`) needs the HU ``volume`` too: its crops
+    are then resampled from it on the classifier's own grid.
+    """
+    if volume is None and not same_grid(detector, classifier):
+        raise ValueError(
+            f"{classifier.name} preprocesses otherwise than {detector.name} (spacing, orientation or "
+            "HU window): its crops need the study's HU volume"
+        )
     box = lung_box(pre, detector)
     candidates, patches, timings = detect(pre, detector, runner, cfg, box)
     t2 = time.perf_counter()
-    findings = classify(pre, candidates, classifier, runner, cfg, box)
+    findings = classify(pre, candidates, classifier, runner, cfg, box, volume)
     timings["classify"] = time.perf_counter() - t2
     findings.sort(key=lambda f: f.score, reverse=True)
     return Analysis(findings, patches, timings)
@@ -169,13 +181,20 @@ def classify(
     runner: ModelRunner,
     cfg: AnalysisConfig,
     box: tuple[slice, slice, slice],
+    volume: Volume | None = None,
 ) -> list[Finding]:
-    """Crops around candidates through the classifier, turned into findings."""
+    """Crops around candidates through the classifier, turned into findings.
+
+    The crops come from ``pre`` (the detector's grid, which must then be the classifier's too),
+    or resampled from the HU ``volume`` on the classifier's own grid when it is given.
+    """
     if not candidates:
         return []
-    crops = np.stack([crop_around(pre.array, c.center_ijk, classifier.patch_size) for c in candidates])[
-        :, None
-    ]
+    if volume is None:
+        images = [crop_around(pre.array, c.center_ijk, classifier.patch_size) for c in candidates]
+    else:
+        images = [crop_at(volume, c.center_ras(pre), classifier) for c in candidates]
+    crops = np.stack(images)[:, None]
     batches = [crops[i : i + cfg.classifier_batch] for i in range(0, len(crops), cfg.classifier_batch)]
     classify_many = flip_averaged(
         lambda b: runner.run_many(classifier.name, b), classifier.test_time_flips, spatial_output=False

@@ -7,6 +7,7 @@ model's grid maps back to patient millimetres through ``affine``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,60 @@ def preprocess(volume: Volume, spec: ModelSpec) -> Preprocessed:
     return Preprocessed(array, affine, tuple(float(s) for s in spec.target_spacing_mm))
 
 
+def same_grid(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether both specs preprocess a volume identically (spacing, orientation, HU window)."""
+    return (a.target_spacing_mm, a.orientation, a.hu_window) == (
+        b.target_spacing_mm,
+        b.orientation,
+        b.hu_window,
+    )
+
+
+def crop_at(volume: Volume, center_ras: Sequence[float], spec: ModelSpec) -> np.ndarray:
+    """A ``spec.patch_size`` crop of ``volume`` centred on ``center_ras``, as :func:`preprocess`
+    with ``spec`` would give it: the spec's orientation and spacing, its HU window scaled to 0..1,
+    bilinear, border values outside the volume.
+
+    Sampled from the HU volume around the centre only, so a model on a finer grid than the
+    detector's (a candidate classifier) gets its own input without a second whole-volume
+    resampling. Voxel ``size // 2`` of each axis lies on the centre, as in
+    :func:`pipeline.postprocess.crop_around`.
+    """
+    size = np.asarray(spec.patch_size)
+    steps = [(np.arange(n) - n // 2) * s for n, s in zip(size, spec.target_spacing_mm, strict=True)]
+    offsets = np.stack([g.ravel() for g in np.meshgrid(*steps, indexing="ij")])
+    ras = (
+        np.asarray(center_ras, dtype=np.float64)[:, None]
+        + _directions(volume.affine, spec.orientation) @ offsets
+    )
+    ijk = np.linalg.solve(volume.affine[:3, :3], ras - volume.affine[:3, 3:4])
+    # Clamping the sample positions into the volume is the border padding of MONAI's Spacing.
+    shape = np.asarray(volume.array.shape)
+    ijk = np.clip(ijk, 0, (shape - 1)[:, None])
+    lo = np.floor(ijk.min(axis=1)).astype(int)
+    hi = np.minimum(np.floor(ijk.max(axis=1)).astype(int) + 2, shape)
+    low, high = spec.hu_window
+    # Windowed and clipped before interpolation, in preprocess's order (window, then Spacing).
+    region = np.clip(
+        (volume.array[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] - low) / (high - low), 0, 1
+    )
+    values = ndimage.map_coordinates(region.astype(np.float32), ijk - lo[:, None], order=1, mode="nearest")
+    return values.reshape(tuple(size)).astype(np.float32, copy=False)
+
+
+def _directions(affine: np.ndarray, axcodes: str) -> np.ndarray:
+    """Unit vectors (columns, RAS) of the axes ``axcodes`` reorients an ``affine``'s volume to."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    # Row a of the transform: the output axis that input axis a becomes, and whether it flips.
+    transform = ornt_transform(io_orientation(affine), axcodes2ornt(axcodes, labels=RAS_LABELS))
+    unit = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    out = np.zeros((3, 3))
+    for axis, (target, flip) in enumerate(transform):
+        out[:, int(target)] = unit[:, axis] * flip
+    return out
+
+
 def lung_mask(pre: Preprocessed, spec: ModelSpec, step: int = 2) -> tuple[np.ndarray, int]:
     """A coarse lung mask (every ``step``-th voxel) and its step.
 
@@ -112,7 +167,8 @@ def lung_box(pre: Preprocessed, spec: ModelSpec) -> tuple[slice, slice, slice]:
     """The bounding box of both lungs plus a margin, in voxels of ``pre`` (whole volume if none)."""
     mask, step = lung_mask(pre, spec)
     if not mask.any():
-        return (slice(None),) * 3
+        # Bounded slices, not open ones: a finding's lung zone is placed within the box.
+        return tuple(slice(0, n) for n in pre.array.shape)  # type: ignore[return-value]
     idx = np.argwhere(mask)
     lo = idx.min(axis=0) * step
     hi = (idx.max(axis=0) + 1) * step

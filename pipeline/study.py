@@ -16,7 +16,7 @@ from typing import Any
 from export.spec import ModelSpec
 from pipeline.analysis import AnalysisConfig, ModelRunner, analyze
 from pipeline.errors import ReasonCode, StudyError, TritonError
-from pipeline.preprocess import preprocess
+from pipeline.preprocess import preprocess, same_grid
 from pipeline.select import DEFAULT_SCREENING_RULES, RuleSet, select_series
 from pipeline.triage import TriageConfig, laa950, lungs_covered, triage_study
 from pipeline.volume import load_volume
@@ -103,9 +103,12 @@ def screen_study(
         with _stage(timings, "preprocess"):
             pre = preprocess(volume, ctx.detector)
             volume_notes = volume.notes
-            del volume  # the HU volume is the biggest object of a study: free it before inference
+            # The HU volume is the biggest object of a study: freed before inference unless the
+            # classifier crops from it on a grid of its own.
+            hu = None if same_grid(ctx.detector, ctx.classifier) else volume
+            del volume
         stage = "inference"
-        analysis = analyze(pre, ctx.detector, ctx.classifier, runner, ctx.analysis)
+        analysis = analyze(pre, ctx.detector, ctx.classifier, runner, ctx.analysis, hu)
         timings["inference"] = analysis.timings["detect"] + analysis.timings["classify"]
         timings["postprocess"] = analysis.timings["candidates"]
         stage = "triage"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from export.networks import DETECTOR_SPEC
+from pipeline.analysis import region_of
 from pipeline.patches import flip_averaged, plan_patches, sliding_window
 from pipeline.postprocess import (
     Candidate,
@@ -15,7 +16,7 @@ from pipeline.postprocess import (
     non_maximum_suppression,
     ras_to_lps,
 )
-from pipeline.preprocess import Preprocessed, lung_region
+from pipeline.preprocess import Preprocessed, lung_box, lung_region
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -152,3 +153,10 @@ def test_lung_region_keeps_the_centre_of_a_mass_inside_the_lung() -> None:
     # The air threshold alone leaves the mass out; it is 18 mm from air, beyond any margin.
     assert region[40, 40, 30]
     assert not region[7, 7, 30]  # the body wall stays outside
+
+
+def test_a_volume_without_lungs_is_boxed_whole_and_its_findings_still_get_a_zone() -> None:
+    pre = Preprocessed(np.full((20, 20, 20), 0.5, dtype=np.float32), np.eye(4), (1.0, 1.0, 1.0))
+    box = lung_box(pre, DETECTOR_SPEC)
+    assert box == (slice(0, 20), slice(0, 20), slice(0, 20))
+    assert region_of((5.0, 10.0, 15.0), box) == "right upper lung zone"
