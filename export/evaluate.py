@@ -18,10 +18,12 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from export.dataset import CachedStudy, TruthNodule
+from export.dataset import CachedStudy, TruthNodule, thin_series_files
 from export.networks import NODULE_TYPES
 from export.spec import ModelSpec
 from pipeline.analysis import DETECTOR_SCORE_WEIGHT, AnalysisConfig, Finding, analyze, finding_score
+from pipeline.preprocess import same_grid
+from pipeline.volume import load_volume
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 SIZE_BANDS = ((3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, 36.0))
@@ -244,12 +246,27 @@ def analyze_cohort(
     classifier: ModelSpec,
     runner: TorchRunner,
     cfg: AnalysisConfig,
+    cohort_dir: Path | None = None,
 ) -> list[StudyFindings]:
-    """Run both models on every study, one at a time (only findings and truth are kept)."""
-    return [
-        StudyFindings(analyze(s.preprocessed, detector, classifier, runner, cfg).findings, s.nodules)
-        for s in studies
-    ]
+    """Run both models on every study, one at a time (only findings and truth are kept).
+
+    A classifier on a grid of its own crops from each study's HU volume, read again from its
+    folder in ``cohort_dir`` (the cache holds the detector's grid only).
+    """
+    own_grid = not same_grid(detector, classifier)
+    if own_grid and cohort_dir is None:
+        raise ValueError(
+            f"{classifier.name} has a grid of its own: evaluating it needs the cohort's DICOM folder"
+        )
+    out = []
+    for s in studies:
+        volume = load_volume(thin_series_files(cohort_dir / s.key)) if own_grid and cohort_dir else None
+        out.append(
+            StudyFindings(
+                analyze(s.preprocessed, detector, classifier, runner, cfg, volume).findings, s.nodules
+            )
+        )
+    return out
 
 
 def plot_froc(evaluation: Evaluation, path: Path, title: str) -> Path:

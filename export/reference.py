@@ -129,7 +129,7 @@ def evaluate_reference(
         profile, workers = recipe.eval_profile, recipe.workers
         cohort = make_cohort(workdir / f"{name}-cohort", studies, seed, profile, log, workers)
         paths = cache_cohort(cohort, workdir / f"{name}-cache", DETECTOR_SPEC, workers)
-        return analyze_cohort(iter_cached(paths), detector.spec, classifier.spec, runner, cfg)
+        return analyze_cohort(iter_cached(paths), detector.spec, classifier.spec, runner, cfg, cohort)
 
     tuning = None
     if score_weight is None:

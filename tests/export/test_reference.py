@@ -6,12 +6,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from export.dataset import cache_cohort, load_cached
-from export.networks import DETECTOR_SPEC
+from export.dataset import cache_cohort, iter_cached, load_cached, thin_series_files
+from export.evaluate import TorchRunner, analyze_cohort
+from export.networks import CLASSIFIER_SPEC, DETECTOR_SPEC
 from export.reference import make_cohort
+from pipeline.analysis import AnalysisConfig
+from pipeline.postprocess import ras_to_lps
+from pipeline.preprocess import crop_at
+from pipeline.volume import load_volume
 
 
 def test_a_kept_cohort_is_reused_only_when_it_is_the_one_asked_for(tmp_path: Path) -> None:
@@ -217,3 +224,37 @@ def test_only_the_cycles_marked_so_train_on_the_second_cohort(
     assert detectors[-1].training["data"]["second"]["seed"] == reference.SECOND_TRAIN_SEED
     seeds = pq.read_table(tmp_path / "train2-cohort" / "truth_studies.parquet", columns=["seed"])
     assert set(seeds.column("seed").to_pylist()) == {reference.SECOND_TRAIN_SEED}
+
+
+class _DenseDetector(torch.nn.Module):
+    """Fires on everything denser than soft tissue's lower edge (vessels, nodules)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 40.0 * (x - 0.55)
+
+
+class _RecordingClassifier(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.crops: list[np.ndarray] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.crops.extend(x[:, 0].numpy().copy())
+        return torch.zeros((x.shape[0], 6))
+
+
+def test_a_classifier_on_its_own_grid_is_evaluated_on_crops_from_the_cohorts_dicom(tmp_path: Path) -> None:
+    cohort = make_cohort(tmp_path / "cohort", 1, 7, "small", print)
+    paths = cache_cohort(cohort, tmp_path / "cache", DETECTOR_SPEC)
+    fine = CLASSIFIER_SPEC.model_copy(update={"target_spacing_mm": (1.0, 1.0, 1.0), "test_time_flips": ()})
+    detector = DETECTOR_SPEC.model_copy(update={"test_time_flips": ()})
+    classifier = _RecordingClassifier()
+    runner = TorchRunner({detector.name: _DenseDetector(), fine.name: classifier})
+    with pytest.raises(ValueError, match="DICOM folder"):
+        analyze_cohort(iter_cached(paths), detector, fine, runner, AnalysisConfig())
+    (study,) = analyze_cohort(iter_cached(paths), detector, fine, runner, AnalysisConfig(), cohort)
+    assert study.findings and len(classifier.crops) == len(study.findings)
+    volume = load_volume(thin_series_files(cohort / paths[0].stem))
+    expected = [crop_at(volume, ras_to_lps(np.asarray(f.center_lps_mm)), fine) for f in study.findings]
+    for crop in classifier.crops:
+        assert min(float(np.abs(crop - e).max()) for e in expected) < 1e-4
