@@ -64,11 +64,11 @@ def thin_series_files(study_dir: Path) -> list[str]:
 
 
 def cache_study(
-    study_dir: Path, truth_rows: list[dict], spec: ModelSpec, cache_path: Path, truth_key: str = ""
+    study_dir: Path, truth_rows: list[dict], spec: ModelSpec, cache_path: Path, cache_key: str = ""
 ) -> Path:
     """Load, preprocess and save one study with its truth in voxel coordinates (and the
-    :func:`truth_key` it was made from, so a cache is never reused for another study of the same
-    folder name or for truth that has changed since)."""
+    :func:`cache_key` it was made from, so a cache is never reused for another study of the same
+    folder name, for truth that has changed since, or for a model preprocessed otherwise)."""
     pre = preprocess(load_volume(thin_series_files(study_dir)), spec)
     box = lung_box(pre, spec)
     lps = np.array([[r["center_x_mm"], r["center_y_mm"], r["center_z_mm"]] for r in truth_rows]).reshape(
@@ -89,7 +89,7 @@ def cache_study(
         type_index=np.array([NODULE_TYPES.index(r["type"]) for r in truth_rows], dtype=np.int64),
         malignant=np.array([r["malignant"] for r in truth_rows], dtype=bool),
         malignancy_score=np.array([r["malignancy_score"] for r in truth_rows], dtype=np.float64),
-        truth_key=np.array(truth_key),
+        cache_key=np.array(cache_key),
     )
     return cache_path
 
@@ -116,8 +116,8 @@ def load_cached(path: Path) -> CachedStudy:
 
 
 def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: int = 1) -> list[Path]:
-    """Cache every study of a clean synthetic cohort (skipping those already cached from this
-    very study and truth: same :func:`truth_key`).
+    """Cache every study of a clean synthetic cohort as ``spec`` preprocesses it (skipping those
+    already cached from this very study, truth and preprocessing: same :func:`cache_key`).
 
     ``workers`` caches studies in that many processes.
     """
@@ -128,7 +128,7 @@ def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: in
     todo = []
     for study, path in zip(studies, paths, strict=True):
         rows = [f for f in findings if f["study_dir"] == study["study_dir"]]
-        key = truth_key(study["study_instance_uid"], rows)
+        key = cache_key(study["study_instance_uid"], rows, spec)
         if _cached_key(path) != key:
             todo.append((cohort_dir / study["study_dir"], rows, spec, path, key))
     if workers <= 1 or len(todo) < 2:
@@ -140,10 +140,13 @@ def cache_cohort(cohort_dir: Path, cache_dir: Path, spec: ModelSpec, workers: in
     return paths
 
 
-def truth_key(study_uid: str, truth_rows: list[dict]) -> str:
-    """The study's UID and a digest of its truth rows: a cache is redone when either changes
-    (a cohort generated again under the same folder names, or by a fixed generator)."""
-    digest = hashlib.sha256(json.dumps(truth_rows, sort_keys=True, default=str).encode()).hexdigest()
+def cache_key(study_uid: str, truth_rows: list[dict], spec: ModelSpec) -> str:
+    """The study's UID and a digest of its truth rows and of what ``spec`` preprocesses with: a
+    cache is redone when any changes (a cohort generated again under the same folder names, a
+    fixed generator, or a model on another grid, orientation or HU window)."""
+    preprocessing = [spec.target_spacing_mm, spec.orientation, spec.hu_window]
+    content = json.dumps([truth_rows, preprocessing], sort_keys=True, default=str)
+    digest = hashlib.sha256(content.encode()).hexdigest()
     return f"{study_uid}/{digest[:16]}"
 
 
@@ -151,7 +154,7 @@ def _cached_key(path: Path) -> str | None:
     if not path.exists():
         return None
     with np.load(path) as z:
-        return str(z["truth_key"]) if "truth_key" in z.files else None
+        return str(z["cache_key"]) if "cache_key" in z.files else None
 
 
 def _cache_one(study_dir: Path, rows: list[dict], spec: ModelSpec, path: Path, key: str) -> Path:

@@ -128,7 +128,7 @@ def evaluate_reference(
     def findings(name: str, studies: int, seed: int) -> list[StudyFindings]:
         profile, workers = recipe.eval_profile, recipe.workers
         cohort = make_cohort(workdir / f"{name}-cohort", studies, seed, profile, log, workers)
-        paths = cache_cohort(cohort, workdir / f"{name}-cache", DETECTOR_SPEC, workers)
+        paths = cache_cohort(cohort, workdir / f"{name}-cache", detector.spec, workers)
         return analyze_cohort(iter_cached(paths), detector.spec, classifier.spec, runner, cfg, cohort)
 
     tuning = None

@@ -60,6 +60,18 @@ def test_a_cached_study_is_redone_when_its_truth_changed(tmp_path: Path) -> None
     assert load_cached(path).nodules == ()
 
 
+def test_a_cached_study_is_redone_for_a_model_on_another_grid(tmp_path: Path) -> None:
+    cohort, cache = tmp_path / "cohort", tmp_path / "cache"
+    make_cohort(cohort, 1, 7, "small", print)
+    (path,) = cache_cohort(cohort, cache, DETECTOR_SPEC)
+    coarse = load_cached(path)
+    finer = DETECTOR_SPEC.model_copy(update={"target_spacing_mm": (1.0, 1.0, 1.0)})
+    assert cache_cohort(cohort, cache, finer) == [path]
+    fine = load_cached(path)
+    assert fine.spacing == (1.0, 1.0, 1.0) and coarse.spacing == DETECTOR_SPEC.target_spacing_mm
+    assert all(f > c for f, c in zip(fine.image.shape, coarse.image.shape, strict=True))
+
+
 def test_train_options_reach_every_stage_of_the_recipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
